@@ -1,0 +1,388 @@
+"""The bundle writer: records in, one archive file out.
+
+Members are staged in a directory beside the destination, then written into a ZIP in one fixed
+order (``manifest.json``, ``manifest.sha256``, then every other member sorted by name) with fixed
+timestamps and modes, under a temporary name that is renamed onto the destination only when the
+file is complete. Same records, same tool versions, same ``created_at``: same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from . import tables as T
+from .errors import UsageError
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_DIGEST_MEMBER,
+    MANIFEST_MEMBER,
+    Manifest,
+    MemberEntry,
+    TableEntry,
+    digest_line,
+)
+from .records import ArtifactRecord, ExperimentRecord, RunRecord
+
+__all__ = ["METRIC_PART_ROWS", "ROW_GROUP_ROWS", "ArchiveWriter"]
+
+ROW_GROUP_ROWS = 65_536
+METRIC_PART_ROWS = 64 * ROW_GROUP_ROWS
+ZSTD_LEVEL = 3
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_COMPRESS_MIN_SIZE = 64
+_COMPRESS_MAX_RATIO = 0.9
+
+
+def _parquet_writer(path: Path, spec: T.TableSpec) -> pq.ParquetWriter:
+    schema = spec.schema.with_metadata(
+        {"exim.table": spec.name, "exim.schema_version": T.SCHEMA_VERSION}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {}
+    if spec is T.METRICS:
+        options = {
+            "use_dictionary": ["run_id", "key"],
+            "column_encoding": {
+                "step": "DELTA_BINARY_PACKED",
+                "timestamp": "DELTA_BINARY_PACKED",
+                "value": "BYTE_STREAM_SPLIT",
+            },
+        }
+    return pq.ParquetWriter(
+        str(path),
+        schema,
+        compression="zstd",
+        compression_level=ZSTD_LEVEL,
+        write_statistics=True,
+        write_page_index=True,
+        **options,
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _MetricsWriter:
+    """Writes metric points in arrival order, as fixed-size row groups split into parts."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._part_rows = 0
+        self.parts: list[str] = []
+        self.rows = 0
+
+    def append(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        while self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        merged = pa.concat_tables(self._pending).combine_chunks()
+        head, tail = merged.slice(0, rows), merged.slice(rows)
+        self._pending = [tail] if tail.num_rows else []
+        self._pending_rows = tail.num_rows
+        if self._writer is None or self._part_rows >= METRIC_PART_ROWS:
+            self._open_part()
+        assert self._writer is not None
+        self._writer.write_table(head, row_group_size=ROW_GROUP_ROWS)
+        self._part_rows += head.num_rows
+
+    def _open_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        name = f"tables/metrics/part-{len(self.parts):05d}.parquet"
+        self.parts.append(name)
+        self._writer = _parquet_writer(self._dir.parent.parent / name, T.METRICS)
+        self._part_rows = 0
+
+    def close(self) -> None:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        if self._writer is None:
+            self._open_part()
+        assert self._writer is not None
+        self._writer.close()
+
+
+class ArchiveWriter:
+    """Collects records, metric points and artifact files; ``finish`` writes the archive."""
+
+    def __init__(
+        self,
+        destination: str | os.PathLike[str],
+        *,
+        created_at: str,
+        producer: Mapping[str, str],
+        source: Mapping[str, Any],
+        selection: Mapping[str, Any],
+    ) -> None:
+        self.destination = Path(destination)
+        if self.destination.is_dir():
+            raise UsageError("is a directory", where=str(self.destination), hint="name a file")
+        parent = self.destination.parent
+        if not parent.is_dir():
+            raise UsageError(
+                "the folder does not exist",
+                where=str(parent),
+                hint="create it or pick another path",
+            )
+        tag = f"{os.getpid()}"
+        self._staging = parent / f".{self.destination.name}.staging-{tag}"
+        self._partial = parent / f".{self.destination.name}.partial-{tag}"
+        shutil.rmtree(self._staging, ignore_errors=True)
+        (self._staging / "blobs").mkdir(parents=True)
+        self._created_at = created_at
+        self._producer = dict(producer)
+        self._source = dict(source)
+        self._selection = dict(selection)
+        self._experiments: list[ExperimentRecord] = []
+        self._runs: list[RunRecord] = []
+        self._artifacts: list[ArtifactRecord] = []
+        self._blobs: dict[str, tuple[str, str]] = {}
+        self._metrics = _MetricsWriter(self._staging / "tables" / "metrics")
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False)
+
+    # -- adding content ---------------------------------------------------------------------
+
+    def add_experiment(self, record: ExperimentRecord) -> None:
+        self._experiments.append(record)
+
+    def add_run(self, record: RunRecord, metrics: pa.Table | None = None) -> None:
+        """Add a run and its metric points; runs must come in ``run_id`` order."""
+        if self._runs and record.run_id <= self._runs[-1].run_id:
+            raise ValueError("runs must be added in increasing run_id order")
+        self._runs.append(record)
+        if metrics is not None and metrics.num_rows:
+            keys = [(c, "ascending") for c in T.METRICS.sort_key]
+            self._metrics.append(metrics.select(T.METRICS.schema.names).sort_by(keys))
+
+    def add_artifact(self, run_id: str, path: str, local_file: Path) -> ArtifactRecord:
+        """Store one artifact file's bytes (deduplicated by content) and index it."""
+        sha = _sha256_file(local_file)
+        size = local_file.stat().st_size
+        if sha not in self._blobs:
+            self._blobs[sha] = self._store_blob(sha, size, local_file)
+        member, compression = self._blobs[sha]
+        record = ArtifactRecord(run_id, path, size, sha, member, compression)
+        self._artifacts.append(record)
+        return record
+
+    def _store_blob(self, sha: str, size: int, local_file: Path) -> tuple[str, str]:
+        raw_member = f"blobs/{sha}"
+        if size >= _COMPRESS_MIN_SIZE:
+            member = raw_member + ".zst"
+            target = self._staging / member
+            with open(local_file, "rb") as src, open(target, "wb") as dst:
+                self._compressor.copy_stream(src, dst, size=size)
+            if target.stat().st_size <= size * _COMPRESS_MAX_RATIO:
+                return member, "zstd"
+            target.unlink()
+        shutil.copyfile(local_file, self._staging / raw_member)
+        return raw_member, "none"
+
+    # -- finishing ----------------------------------------------------------------------------
+
+    def _write_table(self, spec: T.TableSpec, rows: Iterable[dict[str, Any]]) -> TableEntry:
+        table = pa.Table.from_pylist(list(rows), schema=spec.schema)
+        if table.num_rows:
+            table = table.sort_by([(c, "ascending") for c in spec.sort_key])
+        writer = _parquet_writer(self._staging / spec.member, spec)
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        writer.close()
+        return TableEntry(spec.name, (spec.member,), table.num_rows, T.SCHEMA_VERSION)
+
+    def _tables(self) -> dict[str, TableEntry]:
+        exps, runs = self._experiments, self._runs
+        entries = [
+            self._write_table(
+                T.EXPERIMENTS,
+                (
+                    {
+                        "experiment_id": e.experiment_id,
+                        "name": e.name,
+                        "artifact_location": e.artifact_location,
+                        "lifecycle_stage": e.lifecycle_stage,
+                        "creation_time": e.creation_time,
+                        "last_update_time": e.last_update_time,
+                        "source_json": e.source_json,
+                    }
+                    for e in exps
+                ),
+            ),
+            self._write_table(
+                T.EXPERIMENT_TAGS,
+                (
+                    {"experiment_id": e.experiment_id, "key": k, "value": v}
+                    for e in exps
+                    for k, v in e.tags
+                ),
+            ),
+            self._write_table(
+                T.RUNS,
+                (
+                    {
+                        "run_id": r.run_id,
+                        "experiment_id": r.experiment_id,
+                        "run_name": r.run_name,
+                        "user_id": r.user_id,
+                        "status": r.status,
+                        "start_time": r.start_time,
+                        "end_time": r.end_time,
+                        "lifecycle_stage": r.lifecycle_stage,
+                        "artifact_uri": r.artifact_uri,
+                        "source_json": r.source_json,
+                    }
+                    for r in runs
+                ),
+            ),
+            self._write_table(
+                T.RUN_PARAMS,
+                ({"run_id": r.run_id, "key": k, "value": v} for r in runs for k, v in r.params),
+            ),
+            self._write_table(
+                T.RUN_TAGS,
+                ({"run_id": r.run_id, "key": k, "value": v} for r in runs for k, v in r.tags),
+            ),
+            self._write_table(
+                T.DATASET_INPUTS,
+                (
+                    {
+                        "run_id": r.run_id,
+                        "dataset_name": d.name,
+                        "dataset_digest": d.digest,
+                        "source_type": d.source_type,
+                        "source": d.source,
+                        "schema": d.schema,
+                        "profile": d.profile,
+                    }
+                    for r in runs
+                    for d in r.inputs
+                ),
+            ),
+            self._write_table(
+                T.DATASET_INPUT_TAGS,
+                (
+                    {
+                        "run_id": r.run_id,
+                        "dataset_name": d.name,
+                        "dataset_digest": d.digest,
+                        "key": k,
+                        "value": v,
+                    }
+                    for r in runs
+                    for d in r.inputs
+                    for k, v in d.tags
+                ),
+            ),
+            self._write_table(
+                T.ARTIFACTS,
+                (
+                    {
+                        "run_id": a.run_id,
+                        "path": a.path,
+                        "size": a.size,
+                        "sha256": a.sha256,
+                        "member": a.member,
+                        "compression": a.compression,
+                    }
+                    for a in self._artifacts
+                ),
+            ),
+        ]
+        self._metrics.close()
+        entries.append(
+            TableEntry("metrics", tuple(self._metrics.parts), self._metrics.rows, T.SCHEMA_VERSION)
+        )
+        return {e.name: e for e in entries}
+
+    def _counts(self, tables: Mapping[str, TableEntry]) -> dict[str, int]:
+        return {
+            "experiments": len(self._experiments),
+            "deleted_experiments": sum(e.deleted for e in self._experiments),
+            "experiment_tags": tables["experiment_tags"].rows,
+            "runs": len(self._runs),
+            "deleted_runs": sum(r.deleted for r in self._runs),
+            "params": tables["run_params"].rows,
+            "tags": tables["run_tags"].rows,
+            "dataset_inputs": tables["dataset_inputs"].rows,
+            "metric_points": tables["metrics"].rows,
+            "artifacts": len(self._artifacts),
+            "artifact_bytes": sum(a.size for a in self._artifacts),
+        }
+
+    def finish(self) -> tuple[Manifest, str]:
+        """Write the archive and rename it into place; returns the manifest and its digest."""
+        tables = self._tables()
+        members = []
+        for path in sorted(p for p in self._staging.rglob("*") if p.is_file()):
+            rel = path.relative_to(self._staging).as_posix()
+            members.append(MemberEntry(rel, path.stat().st_size, _sha256_file(path)))
+        members.sort(key=lambda m: m.path)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            created_at=self._created_at,
+            producer=self._producer,
+            source=self._source,
+            selection=self._selection,
+            counts=self._counts(tables),
+            members=tuple(members),
+            tables=tables,
+        )
+        manifest_bytes = manifest.to_bytes()
+        digest_bytes = digest_line(manifest_bytes)
+        with zipfile.ZipFile(self._partial, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            _write_member(zf, MANIFEST_MEMBER, manifest_bytes)
+            _write_member(zf, MANIFEST_DIGEST_MEMBER, digest_bytes)
+            for entry in members:
+                _copy_member(zf, entry, self._staging / entry.path)
+        with open(self._partial, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self._partial, self.destination)
+        shutil.rmtree(self._staging, ignore_errors=True)
+        return manifest, digest_bytes[:64].decode("ascii")
+
+    def abort(self) -> None:
+        """Remove everything this writer made; the destination is left untouched."""
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._partial.unlink(missing_ok=True)
+
+
+def _zip_info(name: str, size: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.create_system = 3
+    info.external_attr = 0o100644 << 16
+    info.file_size = size
+    return info
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    with zf.open(_zip_info(name, len(data)), "w") as out:
+        out.write(data)
+
+
+def _copy_member(zf: zipfile.ZipFile, entry: MemberEntry, source: Path) -> None:
+    with open(source, "rb") as src, zf.open(_zip_info(entry.path, entry.size), "w") as out:
+        shutil.copyfileobj(src, out, 1 << 20)

@@ -1,0 +1,224 @@
+"""The command line: a thin layer over the library. Each command parses, calls, renders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__
+from .errors import ArchiveError
+
+app = typer.Typer(
+    name="exim-archive",
+    help="Pack MLflow tracking data into one verifiable archive file, and unpack it elsewhere.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+
+ArchiveArg = Annotated[Path, typer.Argument(help="The archive file (.exim).", show_default=False)]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (http(s)://, sqlite:///, postgresql://, mysql://, file path). "
+        "Default: $MLFLOW_TRACKING_URI.",
+        show_default=False,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _say(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _emit(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"exim-archive {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Pack MLflow tracking data into one verifiable archive file, and unpack it elsewhere."""
+    _state["debug"] = debug
+
+
+@app.command()
+def pack(
+    archive: ArchiveArg,
+    tracking_uri: TrackingUri = None,
+    experiment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--experiment",
+            "-e",
+            help="Experiment name or id to pack; repeat for more. Default: every experiment, "
+            "deleted ones included.",
+            show_default=False,
+        ),
+    ] = None,
+    no_artifacts: Annotated[
+        bool, typer.Option("--no-artifacts", help="Leave run artifacts out.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Read a tracking server into one archive file (written atomically)."""
+    from .pack import pack as do_pack
+
+    report = do_pack(
+        archive, tracking_uri=tracking_uri, experiments=experiment, artifacts=not no_artifacts
+    )
+    if as_json:
+        _emit(report.__dict__)
+        return
+    c = report.counts
+    _say(
+        f"packed {c['experiments']} experiments, {c['runs']} runs, {c['metric_points']:,} metric "
+        f"points, {c['artifacts']} artifacts into {report.archive} ({report.bytes:,} bytes) "
+        f"in {report.seconds:.1f} s"
+    )
+    typer.echo(f"sha256:{report.digest}")
+
+
+@app.command()
+def unpack(
+    archive: ArchiveArg,
+    tracking_uri: TrackingUri = None,
+    import_source_tags: Annotated[
+        bool,
+        typer.Option(
+            "--import-source-tags",
+            help="Also write the source's raw fields and system tags as mlflow_exim.* tags.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the report, with the old -> new id map, as JSON."),
+    ] = False,
+) -> None:
+    """Write an archive into a tracking server (verifies first; safe to run again)."""
+    from .unpack import unpack as do_unpack
+
+    report = do_unpack(archive, tracking_uri=tracking_uri, import_source_tags=import_source_tags)
+    for note in report.notes:
+        _say(f"note: {note}")
+    if as_json:
+        _emit(report.to_json())
+        return
+    _say(
+        f"unpacked into {report.tracking_uri}: experiments {report.experiments_created} created, "
+        f"{report.experiments_reused} reused; runs {report.runs_created} created, "
+        f"{report.runs_resumed} resumed, {report.runs_already_complete} already there; "
+        f"{report.metric_points:,} metric points, {report.artifacts} artifacts "
+        f"in {report.seconds:.1f} s"
+    )
+
+
+@app.command()
+def verify(archive: ArchiveArg, as_json: JsonFlag = False) -> None:
+    """Check an archive completely, from the file alone; exit 0 only if all holds."""
+    from .verify import verify as do_verify
+
+    report = do_verify(archive)
+    if as_json:
+        _emit({**report.__dict__, "ok": report.ok})
+    elif report.ok:
+        typer.echo(
+            f"ok: {report.archive} (format {report.format_version}, "
+            f"{report.members_checked} members, sha256:{report.digest})"
+        )
+    else:
+        for problem in report.problems:
+            _say(f"problem: {problem}")
+    if not report.ok:
+        _say(
+            f"error: {report.archive}: {len(report.problems)} problem(s) found; re-copy or re-pack"
+        )
+        raise typer.Exit(3)
+
+
+@app.command()
+def inspect(archive: ArchiveArg, as_json: JsonFlag = False) -> None:
+    """Summarize an archive without a server: versions, source, counts, experiments, sizes."""
+    from .summary import inspect_archive, render_summary
+
+    info = inspect_archive(archive)
+    if as_json:
+        _emit(info)
+    else:
+        typer.echo(render_summary(info))
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="A new or empty folder to work in.")] = Path(
+        "exim-demo"
+    ),
+) -> None:
+    """Seed a local sqlite store, then pack, inspect, verify and unpack it into a second one."""
+    from .demo import run_demo
+
+    run_demo(directory, typer.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: library errors become one ``error:`` line and an exit code."""
+    # MLflow logs INFO lines (database migrations) on stderr; ours are the only lines a user needs.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        app(args=argv, standalone_mode=False)
+    except ArchiveError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        _say(f"error: {exc}")
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say("error: interrupted; run the same command again to finish the job")
+        return 130
+    except (typer.Abort, EOFError):
+        _say("error: aborted")
+        return 1
+    except Exception as exc:  # the CLI boundary: nothing escapes as a bare traceback
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if _state["debug"]:
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _say(
+            f"error: internal error: {type(exc).__name__}: {first}"
+            " (run with --debug for the traceback, and please report it)"
+        )
+        return 70
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

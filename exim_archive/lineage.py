@@ -1,0 +1,124 @@
+"""Lineage: the ``mlflow_exim.*`` tags that ``unpack --import-source-tags`` writes, and the two
+bookkeeping tags every unpacked run carries. The rules are ``shared/LINEAGE.md``, made exact in
+``spec/1.0/lineage.md``:
+
+* ``mlflow_exim.field.<F>`` for each raw field of an experiment, ``mlflow_exim.run_info.<F>`` for
+  each raw RunInfo field; ``str`` of the value, times as epoch-ms decimal strings; no tag for null;
+* ``mlflow_exim.mlflow_tag.<rest>`` for each source tag ``mlflow.<rest>`` (only the leading
+  ``mlflow.`` stripped);
+* ``mlflow_exim.archive.{digest,source_tracking_uri,created_at}``: where the object came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .records import ExperimentRecord, RunRecord
+
+__all__ = [
+    "INCOMPLETE_TAG",
+    "PREFIX",
+    "SOURCE_RUN_TAG",
+    "Origin",
+    "experiment_source_tags",
+    "run_source_tags",
+]
+
+PREFIX = "mlflow_exim"
+SOURCE_RUN_TAG = f"{PREFIX}.unpack.source_run_id"
+"""On every unpacked run: the source run id. How a re-run recognises what is already there."""
+INCOMPLETE_TAG = f"{PREFIX}.unpack.incomplete"
+"""On a run while unpack writes it; removed as the run's last write."""
+
+_EXPERIMENT_FIELDS = (
+    "experiment_id",
+    "name",
+    "artifact_location",
+    "lifecycle_stage",
+    "creation_time",
+    "last_update_time",
+)
+_RUN_FIELDS = (
+    "run_id",
+    "experiment_id",
+    "run_name",
+    "user_id",
+    "status",
+    "start_time",
+    "end_time",
+    "lifecycle_stage",
+    "artifact_uri",
+)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the archive came from: its digest, the source server (no credentials), pack time."""
+
+    digest: str
+    source_tracking_uri: str
+    created_at: str
+
+    def tags(self) -> dict[str, str]:
+        return {
+            f"{PREFIX}.archive.digest": self.digest,
+            f"{PREFIX}.archive.source_tracking_uri": self.source_tracking_uri,
+            f"{PREFIX}.archive.created_at": self.created_at,
+        }
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _fields(
+    prefix: str, known: Mapping[str, Any], source_json: str, skip: frozenset[str]
+) -> dict[str, str]:
+    """Known columns first, then any other top-level raw field the source returned."""
+    out: dict[str, str] = {}
+    try:
+        raw = json.loads(source_json)
+    except ValueError:
+        raw = {}
+    merged = {k: v for k, v in raw.items() if k not in skip} if isinstance(raw, dict) else {}
+    merged.update(known)
+    for name, value in sorted(merged.items()):
+        text = _text(value)
+        if text is not None:
+            out[f"{prefix}.{name}"] = text
+    return out
+
+
+def _system_tags(tags: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return {
+        f"{PREFIX}.mlflow_tag.{key[len('mlflow.') :]}": value
+        for key, value in tags
+        if key.startswith("mlflow.")
+    }
+
+
+def experiment_source_tags(exp: ExperimentRecord, origin: Origin) -> dict[str, str]:
+    """The lineage tags of one experiment."""
+    known = {f: getattr(exp, f) for f in _EXPERIMENT_FIELDS}
+    tags = _fields(f"{PREFIX}.field", known, exp.source_json, frozenset({"tags"}))
+    tags.update(_system_tags(exp.tags))
+    tags.update(origin.tags())
+    return tags
+
+
+def run_source_tags(run: RunRecord, origin: Origin) -> dict[str, str]:
+    """The lineage tags of one run."""
+    known = {f: getattr(run, f) for f in _RUN_FIELDS}
+    tags = _fields(f"{PREFIX}.run_info", known, run.source_json, frozenset())
+    tags.update(_system_tags(run.tags))
+    tags.update(origin.tags())
+    return tags

@@ -1,0 +1,222 @@
+"""The sink: records written into an MLflow tracking server.
+
+MLflow types start here. Calls go through :func:`translating`, so a failure leaves as one
+:class:`TargetError` naming the server and the object. Runs are created through the store so that
+``user_id``, ``start_time`` and every tag arrive exactly as the archive has them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import TargetError
+from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
+from .mlflow_errors import check_reachable, translating
+from .records import DatasetInputRecord, RunRecord
+from .uri import redact_uri, uri_kind
+
+__all__ = ["ExistingRun", "MlflowSink", "TargetExperiment"]
+
+METRICS_PER_BATCH = 1000
+PARAMS_PER_BATCH = 100
+TAGS_PER_BATCH = 100
+_PAGE = 50_000
+
+
+@dataclass(frozen=True)
+class TargetExperiment:
+    experiment_id: str
+    lifecycle_stage: str
+
+
+@dataclass(frozen=True)
+class ExistingRun:
+    """A run already in the target that an earlier unpack made from source run ``source_run_id``."""
+
+    run_id: str
+    source_run_id: str
+    incomplete: bool
+    lifecycle_stage: str
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class MlflowSink:
+    """Writes experiments, runs, metrics, inputs and artifacts to one tracking URI."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.safe_uri = redact_uri(tracking_uri)
+        # Runs of one experiment share dataset rows; MLflow's insert-if-absent races between
+        # concurrent log_inputs calls (UNIQUE constraint on datasets), so they go one at a time.
+        self._inputs_lock = threading.Lock()
+        if uri_kind(tracking_uri) == "http":
+            check_reachable(tracking_uri, self.safe_uri, TargetError)
+        with self._calling("connecting"):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.client.search_experiments(max_results=1)
+            self._store = self.client._tracking_client.store
+
+    def _calling(self, what: str) -> AbstractContextManager[None]:
+        return translating(
+            TargetError,
+            what,
+            self.safe_uri,
+            "fix the cause and run the same unpack again: it resumes where it stopped",
+        )
+
+    # -- experiments ---------------------------------------------------------------------------
+
+    def find_experiment(self, name: str) -> TargetExperiment | None:
+        with self._calling(f"looking up experiment {name!r}"):
+            exp = self.client.get_experiment_by_name(name)
+        return None if exp is None else TargetExperiment(exp.experiment_id, exp.lifecycle_stage)
+
+    def create_experiment(self, name: str, tags: Mapping[str, str]) -> str:
+        with self._calling(f"creating experiment {name!r}"):
+            return str(self.client.create_experiment(name, tags=dict(tags)))
+
+    def set_experiment_tags(self, experiment_id: str, tags: Mapping[str, str]) -> None:
+        with self._calling(f"tagging experiment {experiment_id}"):
+            for key, value in sorted(tags.items()):
+                self.client.set_experiment_tag(experiment_id, key, value)
+
+    def experiment_tags(self, experiment_id: str) -> dict[str, str]:
+        with self._calling(f"reading experiment {experiment_id}"):
+            return dict(self.client.get_experiment(experiment_id).tags)
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        with self._calling(f"restoring experiment {experiment_id}"):
+            self.client.restore_experiment(experiment_id)
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        with self._calling(f"deleting experiment {experiment_id}"):
+            self.client.delete_experiment(experiment_id)
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def existing_runs(self, experiment_id: str) -> tuple[dict[str, ExistingRun], int]:
+        """Runs an earlier unpack made here (by source run id), and how many other runs exist."""
+        from mlflow.entities import ViewType
+
+        ours: dict[str, ExistingRun] = {}
+        foreign = 0
+        token = None
+        while True:
+            with self._calling(f"listing runs of experiment {experiment_id}"):
+                page = self.client.search_runs(
+                    [experiment_id], run_view_type=ViewType.ALL, max_results=_PAGE, page_token=token
+                )
+            for run in page:
+                source_id = run.data.tags.get(SOURCE_RUN_TAG)
+                if source_id is None:
+                    foreign += 1
+                    continue
+                found = ExistingRun(
+                    run.info.run_id,
+                    source_id,
+                    INCOMPLETE_TAG in run.data.tags,
+                    run.info.lifecycle_stage,
+                )
+                previous = ours.get(source_id)
+                # Two copies only arise from concurrent unpacks; prefer a complete, active one.
+                if previous is None or (previous.incomplete, previous.run_id) > (
+                    found.incomplete,
+                    found.run_id,
+                ):
+                    ours[source_id] = found
+            if not page.token or page.token == token:
+                break
+            token = page.token
+        return ours, foreign
+
+    def create_run(self, experiment_id: str, run: RunRecord, tags: Mapping[str, str]) -> str:
+        from mlflow.entities import RunTag
+
+        start = run.start_time if run.start_time is not None else int(time.time() * 1000)
+        with self._calling(f"creating run for source run {run.run_id}"):
+            created = self._store.create_run(
+                experiment_id=experiment_id,
+                user_id=run.user_id if run.user_id is not None else "unknown",
+                start_time=start,
+                tags=[RunTag(k, v) for k, v in sorted(tags.items())],
+                run_name=run.run_name,
+            )
+        return str(created.info.run_id)
+
+    def log_params_and_tags(
+        self, run_id: str, params: Sequence[tuple[str, str]], tags: Mapping[str, str]
+    ) -> None:
+        from mlflow.entities import Param, RunTag
+
+        with self._calling(f"logging params of run {run_id}"):
+            for chunk in _chunks(params, PARAMS_PER_BATCH):
+                self.client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
+            for tag_chunk in _chunks(sorted(tags.items()), TAGS_PER_BATCH):
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tag_chunk])
+
+    def log_metrics(self, run_id: str, points: pa.Table) -> None:
+        from mlflow.entities import Metric
+
+        keys = points.column("key").to_pylist()
+        steps = points.column("step").to_pylist()
+        stamps = points.column("timestamp").to_pylist()
+        values = points.column("value").to_pylist()
+        metrics = [
+            Metric(k, v, t, s) for k, v, t, s in zip(keys, values, stamps, steps, strict=True)
+        ]
+        with self._calling(f"logging metrics of run {run_id}"):
+            for chunk in _chunks(metrics, METRICS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=list(chunk))
+
+    def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if not inputs:
+            return
+        datasets = [
+            DatasetInput(
+                Dataset(d.name, d.digest, d.source_type, d.source, d.schema, d.profile),
+                [InputTag(k, v) for k, v in d.tags],
+            )
+            for d in inputs
+        ]
+        with self._inputs_lock, self._calling(f"logging dataset inputs of run {run_id}"):
+            self.client.log_inputs(run_id, datasets=datasets)
+
+    def log_artifacts(self, run_id: str, directory: Path) -> None:
+        with self._calling(f"uploading artifacts of run {run_id}"):
+            self.client.log_artifacts(run_id, os.fspath(directory))
+
+    def finish_run(self, run_id: str, run: RunRecord) -> None:
+        """Set status and end time as the source had them, then drop the incomplete marker."""
+        from mlflow.entities import RunStatus
+
+        with self._calling(f"finishing run {run_id}"):
+            if run.status != "RUNNING" or run.end_time is not None:
+                self._store.update_run_info(
+                    run_id, RunStatus.from_string(run.status), run.end_time, run.run_name
+                )
+            self.client.delete_tag(run_id, INCOMPLETE_TAG)
+
+    def restore_run(self, run_id: str) -> None:
+        with self._calling(f"restoring run {run_id}"):
+            self.client.restore_run(run_id)
+
+    def delete_run(self, run_id: str) -> None:
+        with self._calling(f"deleting run {run_id}"):
+            self.client.delete_run(run_id)

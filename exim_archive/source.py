@@ -1,0 +1,243 @@
+"""The source: an MLflow tracking server read into records.
+
+MLflow types stop here. Every call that can fail goes through :func:`_calling`, which turns
+MLflow, HTTP and database errors into :class:`SourceError` naming the server and the object.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from google.protobuf.json_format import MessageToDict
+
+from . import tables as T
+from .errors import SourceError
+from .manifest import canonical_json
+from .mlflow_errors import check_reachable, translating
+from .records import DatasetInputRecord, ExperimentRecord, RunRecord
+from .uri import redact_uri, uri_kind
+
+__all__ = ["MlflowSource"]
+
+_PAGE = 50_000
+
+
+def _proto_json(entity: Any) -> str:
+    raw = MessageToDict(entity.to_proto(), preserving_proto_field_name=True)
+    return canonical_json(raw).decode("utf-8").rstrip("\n")
+
+
+def _sorted_tags(items: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+class MlflowSource:
+    """Reads experiments, runs, metric histories and artifacts from one tracking URI."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.safe_uri = redact_uri(tracking_uri)
+        self.kind = uri_kind(tracking_uri)
+        self._check_reachable()
+        with self._calling("connecting"):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.client.search_experiments(max_results=1)
+
+    def _calling(self, what: str) -> AbstractContextManager[None]:
+        return translating(
+            SourceError, what, self.safe_uri, "check the server and the URI, then run pack again"
+        )
+
+    def _check_reachable(self) -> None:
+        if self.kind == "http":
+            check_reachable(self.uri, self.safe_uri, SourceError)
+        elif self.uri.startswith("sqlite:"):
+            path = self.uri.split("///", 1)[-1] if "///" in self.uri else ""
+            if path and path != ":memory:" and not os.path.exists(path):
+                raise SourceError(
+                    "no such database file",
+                    where=self.safe_uri,
+                    hint="check the path (sqlite:/// then an absolute or relative path)",
+                )
+
+    # -- experiments and runs -------------------------------------------------------------------
+
+    def experiments(self, selection: list[str] | None) -> list[ExperimentRecord]:
+        """The selected experiments (every one, deleted included, when ``selection`` is None)."""
+        from mlflow.entities import ViewType
+
+        found: dict[str, Any] = {}
+        if selection is None:
+            token = None
+            while True:
+                with self._calling("listing experiments"):
+                    page = self.client.search_experiments(
+                        view_type=ViewType.ALL, max_results=_PAGE, page_token=token
+                    )
+                for exp in page:
+                    found[exp.experiment_id] = exp
+                token = page.token
+                if not token:
+                    break
+        else:
+            for wanted in selection:
+                exp = self._find_experiment(wanted)
+                found[exp.experiment_id] = exp
+        return [self._experiment_record(found[k]) for k in sorted(found)]
+
+    def _find_experiment(self, wanted: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        with self._calling(f"looking up experiment {wanted!r}"):
+            exp = self.client.get_experiment_by_name(wanted)
+            if exp is None and wanted.isdigit():
+                try:
+                    exp = self.client.get_experiment(wanted)
+                except MlflowException:
+                    exp = None
+        if exp is None:
+            raise SourceError(
+                f"no experiment named or numbered {wanted!r}",
+                where=self.safe_uri,
+                hint="check the name or id (mlflow experiments search lists them)",
+            )
+        return exp
+
+    @staticmethod
+    def _experiment_record(exp: Any) -> ExperimentRecord:
+        return ExperimentRecord(
+            experiment_id=str(exp.experiment_id),
+            name=exp.name,
+            artifact_location=exp.artifact_location,
+            lifecycle_stage=exp.lifecycle_stage,
+            creation_time=exp.creation_time,
+            last_update_time=exp.last_update_time,
+            tags=_sorted_tags(exp.tags.items()),
+            source_json=_proto_json(exp),
+        )
+
+    def runs(self, experiment_ids: list[str]) -> list[RunRecord]:
+        """Every run (deleted included) of the experiments, sorted by run_id."""
+        from mlflow.entities import ViewType
+
+        out: list[RunRecord] = []
+        for start in range(0, len(experiment_ids), 100):
+            ids = experiment_ids[start : start + 100]
+            token = None
+            while True:
+                with self._calling(f"listing runs of experiments {', '.join(ids)}"):
+                    page = self.client.search_runs(
+                        ids, run_view_type=ViewType.ALL, max_results=_PAGE, page_token=token
+                    )
+                out.extend(self._run_record(run) for run in page)
+                if not page.token or page.token == token:
+                    break
+                token = page.token
+        out.sort(key=lambda r: r.run_id)
+        return out
+
+    @staticmethod
+    def _run_record(run: Any) -> RunRecord:
+        info = run.info
+        inputs = tuple(
+            sorted(
+                (
+                    DatasetInputRecord(
+                        name=d.dataset.name,
+                        digest=d.dataset.digest,
+                        source_type=d.dataset.source_type,
+                        source=d.dataset.source,
+                        schema=d.dataset.schema,
+                        profile=d.dataset.profile,
+                        tags=_sorted_tags((t.key, t.value) for t in d.tags),
+                    )
+                    for d in (run.inputs.dataset_inputs if run.inputs else [])
+                ),
+                key=lambda d: (d.name, d.digest),
+            )
+        )
+        return RunRecord(
+            run_id=info.run_id,
+            experiment_id=str(info.experiment_id),
+            run_name=info.run_name,
+            user_id=info.user_id,
+            status=info.status,
+            start_time=info.start_time,
+            end_time=info.end_time,
+            lifecycle_stage=info.lifecycle_stage,
+            artifact_uri=info.artifact_uri,
+            params=_sorted_tags(run.data.params.items()),
+            tags=_sorted_tags(run.data.tags.items()),
+            inputs=inputs,
+            metric_keys=tuple(sorted(run.data.metrics)),
+            source_json=_proto_json(info),
+        )
+
+    # -- metric histories -----------------------------------------------------------------------
+
+    def metric_history(self, run: RunRecord) -> pa.Table:
+        """Every point of every metric of the run, as a ``metrics`` table slice."""
+        keys: list[str] = []
+        steps: list[int] = []
+        stamps: list[int] = []
+        values: list[float] = []
+        for key in run.metric_keys:
+            with self._calling(f"reading metric {key!r} of run {run.run_id}"):
+                history = self.client.get_metric_history(run.run_id, key)
+            for m in history:
+                keys.append(key)
+                steps.append(int(m.step))
+                stamps.append(int(m.timestamp))
+                values.append(float(m.value))
+        return pa.table(
+            {
+                "run_id": pa.array([run.run_id] * len(keys), pa.string()),
+                "key": pa.array(keys, pa.string()),
+                "step": pa.array(steps, pa.int64()),
+                "timestamp": pa.array(stamps, pa.int64()),
+                "value": pa.array(values, pa.float64()),
+            },
+            schema=T.METRICS.schema,
+        )
+
+    # -- artifacts -------------------------------------------------------------------------------
+
+    def download_artifacts(self, run: RunRecord, destination: Path) -> list[tuple[str, Path]]:
+        """Download the run's whole artifact tree; returns (artifact path, local file) sorted."""
+        with self._calling(f"listing artifacts of run {run.run_id}"):
+            top = self.client.list_artifacts(run.run_id)
+        if not top:
+            return []
+        destination.mkdir(parents=True, exist_ok=True)
+        uri = run.artifact_uri or ""
+        with self._calling(f"downloading artifacts of run {run.run_id} ({uri})"):
+            try:
+                root = Path(self.client.download_artifacts(run.run_id, "", str(destination)))
+            except Exception as exc:
+                if uri.startswith("mlflow-artifacts:") and self.kind != "http":
+                    raise SourceError(
+                        f"run {run.run_id} keeps its artifacts behind a tracking server ({uri})",
+                        where=self.safe_uri,
+                        hint="pack through the server's http:// URI, or use --no-artifacts",
+                    ) from None
+                raise exc
+        files = [
+            (p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()
+        ]
+        return sorted(files)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the source: never a credential."""
+        import mlflow
+
+        return {
+            "tracking_uri": self.safe_uri,
+            "kind": self.kind,
+            "client_mlflow": mlflow.__version__,
+        }

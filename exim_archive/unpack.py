@@ -1,0 +1,326 @@
+"""``unpack``: one archive in, its experiments and runs written into a tracking server.
+
+Order: verify the whole archive (a damaged one writes nothing); plan (limits, references);
+experiments; create every missing run (so parents have new ids); fill runs that are new or were
+left incomplete (params, tags, metrics, inputs, artifacts, status, end time; then drop the
+incomplete marker); finally delete what the source had deleted. Every write is idempotent, so a
+killed unpack run again finishes the job without duplicating anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .bundle_reader import ArchiveReader
+from .errors import TargetError
+from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, Origin, experiment_source_tags, run_source_tags
+from .pool import ordered_map
+from .progress import Progress
+from .records import ArtifactRecord, ExperimentRecord, RunRecord
+from .sink import ExistingRun, MlflowSink
+from .uri import redact_uri, resolve_tracking_uri
+from .verify import verify
+
+__all__ = ["UnpackReport", "unpack"]
+
+PARENT_TAG = "mlflow.parentRunId"
+KEY_LIMIT = 250
+RUN_TAG_VALUE_LIMIT = 8000
+PARAM_VALUE_LIMIT = 6000
+EXPERIMENT_TAG_VALUE_LIMIT = 20000
+EXPERIMENT_NAME_LIMIT = 500
+
+
+@dataclass
+class UnpackReport:
+    """What ``unpack`` did; ``id_map`` maps source ids to target ids per object type."""
+
+    archive: str
+    digest: str
+    tracking_uri: str
+    experiments_created: int = 0
+    experiments_reused: int = 0
+    runs_created: int = 0
+    runs_resumed: int = 0
+    runs_already_complete: int = 0
+    metric_points: int = 0
+    artifacts: int = 0
+    id_map: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {"experiments": {}, "runs": {}}
+    )
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _fit(tags: dict[str, str], value_limit: int, what: str, notes: list[str]) -> dict[str, str]:
+    """Apply the one rule for values MLflow would reject: long keys skipped, long values cut."""
+    out = {}
+    for key, value in tags.items():
+        if len(key) > KEY_LIMIT:
+            notes.append(f"{what}: tag key {key[:60]!r}... is over {KEY_LIMIT} chars: not written")
+            continue
+        if len(value) > value_limit:
+            notes.append(f"{what}: tag {key!r} value cut from {len(value)} to {value_limit} chars")
+            value = value[:value_limit]
+        out[key] = value
+    return out
+
+
+@dataclass
+class _Target:
+    """One source experiment's place in the target."""
+
+    source: ExperimentRecord
+    experiment_id: str
+    existing: dict[str, ExistingRun]
+    foreign_runs: int
+    restored: bool = False
+
+
+class _Unpacker:
+    def __init__(
+        self,
+        reader: ArchiveReader,
+        sink: MlflowSink,
+        import_source_tags: bool,
+        workers: int,
+        progress: bool | None,
+        report: UnpackReport,
+    ) -> None:
+        self.reader, self.sink, self.report = reader, sink, report
+        self.lineage = import_source_tags
+        self.workers, self.progress = workers, progress
+        m = reader.manifest
+        self.origin = Origin(reader.digest, str(m.source.get("tracking_uri", "")), m.created_at)
+        self.experiments = reader.experiments()
+        self.runs = reader.runs()
+        self.artifacts: dict[str, list[ArtifactRecord]] = defaultdict(list)
+        for art in reader.artifacts():
+            self.artifacts[art.run_id].append(art)
+        self.run_ids: dict[str, str] = {}
+
+    def notes(self) -> list[str]:
+        return self.report.notes
+
+    # -- plan ------------------------------------------------------------------------------------
+
+    def check_plan(self) -> None:
+        for exp in self.experiments:
+            if not exp.name or len(exp.name) > EXPERIMENT_NAME_LIMIT:
+                raise TargetError(
+                    f"experiment {exp.experiment_id} has a name MLflow rejects "
+                    f"(empty or over {EXPERIMENT_NAME_LIMIT} chars)",
+                    where=self.reader.path,
+                    hint="nothing was written",
+                )
+        in_archive = {r.run_id for r in self.runs}
+        for run in self.runs:
+            parent = dict(run.tags).get(PARENT_TAG)
+            if parent and parent not in in_archive:
+                self.notes().append(
+                    f"run {run.run_id}: parent run {parent} is not in the archive; "
+                    f"{PARENT_TAG} keeps the source id"
+                )
+
+    # -- experiments -----------------------------------------------------------------------------
+
+    def experiment_tags(self, exp: ExperimentRecord) -> dict[str, str]:
+        tags = dict(exp.tags)
+        if self.lineage:
+            tags.update(experiment_source_tags(exp, self.origin))
+        return _fit(tags, EXPERIMENT_TAG_VALUE_LIMIT, f"experiment {exp.name!r}", self.notes())
+
+    def place_experiment(self, exp: ExperimentRecord) -> _Target:
+        found = self.sink.find_experiment(exp.name)
+        tags = self.experiment_tags(exp)
+        if found is None:
+            new_id = self.sink.create_experiment(exp.name, tags)
+            self.report.experiments_created += 1
+            return _Target(exp, new_id, {}, 0)
+        if found.lifecycle_stage == "deleted" and not exp.deleted:
+            raise TargetError(
+                f"experiment {exp.name!r} exists in the target but is deleted there, "
+                "while the archive has it active",
+                where=self.sink.safe_uri,
+                hint="restore it (mlflow experiments restore) or remove it for good "
+                "(mlflow gc), then run unpack again",
+            )
+        self.report.experiments_reused += 1
+        existing, foreign = self.sink.existing_runs(found.experiment_id)
+        target = _Target(exp, found.experiment_id, existing, foreign)
+        owned = {r.run_id for r in self.runs if r.experiment_id == exp.experiment_id}
+        work = any(rid not in existing or existing[rid].incomplete for rid in owned)
+        current = self.sink.experiment_tags(found.experiment_id) if work or not exp.deleted else {}
+        if found.lifecycle_stage == "deleted":
+            if not work:
+                return target
+            self.sink.restore_experiment(found.experiment_id)
+            target.restored = True
+        missing = {k: v for k, v in tags.items() if current.get(k) != v}
+        if missing:
+            self.sink.set_experiment_tags(found.experiment_id, missing)
+        return target
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def run_tags(self, run: RunRecord) -> dict[str, str]:
+        tags = {k: v for k, v in run.tags if k != PARENT_TAG}
+        if self.lineage:
+            tags.update(run_source_tags(run, self.origin))
+        tags[SOURCE_RUN_TAG] = run.run_id
+        tags[INCOMPLETE_TAG] = "true"
+        return _fit(tags, RUN_TAG_VALUE_LIMIT, f"run {run.run_id}", self.notes())
+
+    def late_tags(self, run: RunRecord) -> dict[str, str]:
+        parent = dict(run.tags).get(PARENT_TAG)
+        if parent is None:
+            return {}
+        return {PARENT_TAG: self.run_ids.get(parent, parent)}
+
+    def params(self, run: RunRecord) -> list[tuple[str, str]]:
+        out = []
+        for key, value in run.params:
+            if len(value) > PARAM_VALUE_LIMIT:
+                self.notes().append(
+                    f"run {run.run_id}: param {key!r} value cut from {len(value)} "
+                    f"to {PARAM_VALUE_LIMIT} chars"
+                )
+                value = value[:PARAM_VALUE_LIMIT]
+            out.append((key, value))
+        return out
+
+    def fill(self, item: tuple[RunRecord, pa.Table | None, ExistingRun | None]) -> int:
+        run, points, existing = item
+        new_id = self.run_ids[run.run_id]
+        if existing is not None and existing.lifecycle_stage == "deleted":
+            self.sink.restore_run(new_id)
+        self.sink.log_params_and_tags(new_id, self.params(run), self.late_tags(run))
+        if points is not None and points.num_rows:
+            self.sink.log_metrics(new_id, points)
+        self.sink.log_inputs(new_id, run.inputs)
+        arts = self.artifacts.get(run.run_id, [])
+        if arts:
+            scratch = Path(tempfile.mkdtemp(prefix="exim-unpack-"))
+            try:
+                for art in arts:
+                    self.reader.extract_artifact(art, scratch / art.path)
+                self.sink.log_artifacts(new_id, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        self.sink.finish_run(new_id, run)
+        return points.num_rows if points is not None else 0
+
+    def _with_metrics(
+        self, todo: list[RunRecord], existing: dict[str, ExistingRun | None]
+    ) -> Iterator[tuple[RunRecord, pa.Table | None, ExistingRun | None]]:
+        """Pair each run to fill with its metric points, streaming the metrics table once."""
+        wanted = {r.run_id for r in todo}
+        by_id = {r.run_id: r for r in todo}
+        done: set[str] = set()
+        for run_id, points in self.reader.iter_run_metrics():
+            if run_id in wanted:
+                for earlier in sorted(wanted - done):
+                    if earlier >= run_id:
+                        break
+                    done.add(earlier)
+                    yield by_id[earlier], None, existing[earlier]
+                done.add(run_id)
+                yield by_id[run_id], points, existing[run_id]
+        for rest in sorted(wanted - done):
+            yield by_id[rest], None, existing[rest]
+
+    def run(self) -> None:
+        self.check_plan()
+        targets = [self.place_experiment(exp) for exp in self.experiments]
+        by_source = {t.source.experiment_id: t for t in targets}
+        for t in targets:
+            self.report.id_map["experiments"][t.source.experiment_id] = t.experiment_id
+        todo: list[RunRecord] = []
+        existing: dict[str, ExistingRun | None] = {}
+        to_create: list[RunRecord] = []
+        for run in self.runs:
+            target = by_source[run.experiment_id]
+            found = target.existing.get(run.run_id)
+            existing[run.run_id] = found
+            if found is None:
+                to_create.append(run)
+                todo.append(run)
+            else:
+                self.run_ids[run.run_id] = found.run_id
+                if found.incomplete:
+                    todo.append(run)
+                    self.report.runs_resumed += 1
+                else:
+                    self.report.runs_already_complete += 1
+
+        def create(run: RunRecord) -> tuple[str, str]:
+            target = by_source[run.experiment_id]
+            return run.run_id, self.sink.create_run(target.experiment_id, run, self.run_tags(run))
+
+        for source_id, new_id in ordered_map(create, to_create, self.workers):
+            self.run_ids[source_id] = new_id
+            self.report.runs_created += 1
+        bar = Progress("unpack", len(todo), enabled=self.progress)
+        for points in ordered_map(self.fill, self._with_metrics(todo, existing), self.workers):
+            self.report.metric_points += points
+            bar.advance()
+        bar.close()
+        self.report.artifacts = sum(len(self.artifacts.get(r.run_id, [])) for r in todo)
+        self.apply_lifecycle(targets, {r.run_id for r in todo})
+        self.report.id_map["runs"] = dict(sorted(self.run_ids.items()))
+
+    def apply_lifecycle(self, targets: list[_Target], filled: set[str]) -> None:
+        """Delete, last, what the source had deleted (deleted objects refuse writes)."""
+        for run in self.runs:
+            if not run.deleted:
+                continue
+            target = next(t for t in targets if t.source.experiment_id == run.experiment_id)
+            found = target.existing.get(run.run_id)
+            active_now = run.run_id in filled or target.restored or found is None
+            if active_now or (found is not None and found.lifecycle_stage != "deleted"):
+                self.sink.delete_run(self.run_ids[run.run_id])
+        for target in targets:
+            if not target.source.deleted:
+                continue
+            if target.foreign_runs:
+                self.notes().append(
+                    f"experiment {target.source.name!r} is deleted in the archive but was left "
+                    f"active in the target: it holds {target.foreign_runs} runs unpack did not make"
+                )
+                continue
+            now = self.sink.find_experiment(target.source.name)
+            if now is not None and now.lifecycle_stage != "deleted":
+                self.sink.delete_experiment(target.experiment_id)
+
+
+def unpack(
+    archive: str | os.PathLike[str],
+    *,
+    tracking_uri: str | None = None,
+    import_source_tags: bool = False,
+    workers: int = 4,
+    progress: bool | None = None,
+) -> UnpackReport:
+    """Write the archive's experiments and runs into ``tracking_uri`` (idempotent, resumable)."""
+    started = time.perf_counter()
+    uri = resolve_tracking_uri(tracking_uri)
+    verify(archive, progress=progress).raise_if_failed()
+    with ArchiveReader(archive) as reader:
+        sink = MlflowSink(uri)
+        report = UnpackReport(os.fspath(archive), reader.digest, redact_uri(uri))
+        _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
+    report.seconds = time.perf_counter() - started
+    return report
