@@ -1,0 +1,212 @@
+"""Round trips through real stores: every row of the fidelity table, lineage tags key by key,
+repeated and interrupted unpacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import MlflowServer, NewStore
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from workload import T0, count_runs, seed_rich, snapshot
+
+from exim_archive.cli import main
+from exim_archive.errors import TargetError
+from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
+from exim_archive.pack import pack
+from exim_archive.sink import MlflowSink
+from exim_archive.unpack import unpack
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _experiment_args(names: list[str]) -> list[str]:
+    return [arg for name in names for arg in ("--experiment", name)]
+
+
+@pytest.mark.server
+def test_server_to_server_keeps_every_field(
+    source_server: MlflowServer,
+    target_server: MlflowServer,
+    unique: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    names = seed_rich(source_server.url, unique)
+    archive = tmp_path / "a.exim"
+    code, out, err = _cli(
+        capsys, "pack", str(archive), "--tracking-uri", source_server.url, *_experiment_args(names)
+    )
+    assert code == 0, err
+    assert out.startswith("sha256:")
+    code, out, err = _cli(
+        capsys, "unpack", str(archive), "--tracking-uri", target_server.url, "--json"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["runs_created"] == 5
+    assert snapshot(target_server.url, names) == snapshot(source_server.url, names)
+
+    # The id map covers every source run and points at real target runs.
+    src = MlflowClient(source_server.url)
+    dst = MlflowClient(target_server.url)
+    for old, new in report["id_map"]["runs"].items():
+        assert dst.get_run(new).data.tags[SOURCE_RUN_TAG] == old
+        assert src.get_run(old).info.run_name == dst.get_run(new).info.run_name
+    # Artifact URIs are the target's own, proxied through the server.
+    some = next(iter(report["id_map"]["runs"].values()))
+    assert dst.get_run(some).info.artifact_uri.startswith("mlflow-artifacts:/")
+
+
+@pytest.mark.server
+def test_nested_run_points_at_the_imported_parent(
+    source_server: MlflowServer, target_server: MlflowServer, unique: str, tmp_path: Path
+) -> None:
+    names = seed_rich(source_server.url, unique)
+    pack(tmp_path / "a.exim", tracking_uri=source_server.url, experiments=names[:1])
+    report = unpack(tmp_path / "a.exim", tracking_uri=target_server.url)
+    dst = MlflowClient(target_server.url)
+    exp = dst.get_experiment_by_name(names[0])
+    runs = {r.info.run_name: r for r in dst.search_runs([exp.experiment_id])}
+    assert runs["child ✓ 子"].data.tags["mlflow.parentRunId"] == runs["parent"].info.run_id
+    assert set(report.id_map["runs"].values()) >= {runs["parent"].info.run_id}
+
+
+def test_sqlite_round_trip_with_source_tags(tmp_path: Path, new_sqlite: NewStore) -> None:
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    names = seed_rich(src, "s", tmp_path / "src-art")
+    archive = tmp_path / "a.exim"
+    packed = pack(archive, tracking_uri=src)
+    report = unpack(archive, tracking_uri=dst, import_source_tags=True)
+    assert snapshot(dst, names) == snapshot(src, names)
+
+    source, target = MlflowClient(src), MlflowClient(dst)
+    for old_id, new_id in report.id_map["runs"].items():
+        old, new = source.get_run(old_id), target.get_run(new_id)
+        tags = new.data.tags
+        info = old.info
+        expected = {
+            "run_id": info.run_id,
+            "run_uuid": info.run_id,
+            "experiment_id": info.experiment_id,
+            "run_name": info.run_name,
+            "user_id": info.user_id,
+            "status": info.status,
+            "start_time": str(info.start_time),
+            "end_time": None if info.end_time is None else str(info.end_time),
+            "lifecycle_stage": info.lifecycle_stage,
+            "artifact_uri": info.artifact_uri,
+        }
+        for field, value in expected.items():
+            assert tags.get(f"mlflow_exim.run_info.{field}") == value, field
+        for key, value in old.data.tags.items():
+            if key.startswith("mlflow."):
+                assert tags[f"mlflow_exim.mlflow_tag.{key[len('mlflow.') :]}"] == value
+        assert not any(v == "None" for k, v in tags.items() if k.startswith("mlflow_exim."))
+        assert tags["mlflow_exim.archive.digest"] == packed.digest
+        assert tags["mlflow_exim.archive.source_tracking_uri"] == src
+        assert INCOMPLETE_TAG not in tags
+    for old_exp, new_exp in report.id_map["experiments"].items():
+        old_e, new_e = source.get_experiment(old_exp), target.get_experiment(new_exp)
+        tags = new_e.tags
+        assert tags["mlflow_exim.field.experiment_id"] == old_e.experiment_id
+        assert tags["mlflow_exim.field.creation_time"] == str(old_e.creation_time)
+        assert tags["mlflow_exim.field.last_update_time"] == str(old_e.last_update_time)
+        assert tags["mlflow_exim.field.artifact_location"] == old_e.artifact_location
+        assert tags["mlflow_exim.field.lifecycle_stage"] == old_e.lifecycle_stage
+        for key, value in old_e.tags.items():
+            if key.startswith("mlflow."):
+                assert tags[f"mlflow_exim.mlflow_tag.{key[len('mlflow.') :]}"] == value
+
+
+@pytest.mark.parametrize("source_tags", [False, True])
+def test_repeated_unpack_creates_nothing_twice(
+    tmp_path: Path, new_sqlite: NewStore, source_tags: bool
+) -> None:
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    names = seed_rich(src, "r", tmp_path / "src-art")
+    pack(tmp_path / "a.exim", tracking_uri=src)
+    first = unpack(tmp_path / "a.exim", tracking_uri=dst, import_source_tags=source_tags)
+    before = snapshot(dst, names)
+    again = unpack(tmp_path / "a.exim", tracking_uri=dst, import_source_tags=source_tags)
+    assert again.runs_created == 0 and again.runs_resumed == 0
+    assert again.runs_already_complete == first.runs_created
+    assert again.id_map == first.id_map
+    assert snapshot(dst, names) == before == snapshot(src, names)
+    assert count_runs(dst) == count_runs(src)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_unpack_resumes_without_duplicates(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    names = seed_rich(src, "i", tmp_path / "src-art")
+    pack(tmp_path / "a.exim", tracking_uri=src)
+
+    real = MlflowSink.log_metrics
+    calls = {"n": 0}
+
+    def failing(self: MlflowSink, run_id: str, points: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise TargetError("simulated crash in the middle of a run")
+        real(self, run_id, points)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MlflowSink, "log_metrics", failing)
+    with pytest.raises(TargetError):
+        unpack(tmp_path / "a.exim", tracking_uri=dst, workers=1)
+    monkeypatch.setattr(MlflowSink, "log_metrics", real)
+
+    client = MlflowClient(dst)
+    half = [
+        r
+        for e in client.search_experiments(view_type=ViewType.ALL)
+        for r in client.search_runs([e.experiment_id], run_view_type=ViewType.ALL)
+    ]
+    assert any(INCOMPLETE_TAG in r.data.tags for r in half), "the crash left no half-written run"
+
+    report = unpack(tmp_path / "a.exim", tracking_uri=dst)
+    assert report.runs_resumed >= 1
+    assert snapshot(dst, names) == snapshot(src, names)
+    assert count_runs(dst) == count_runs(src)
+
+
+def test_start_and_end_times_status_and_user_survive(tmp_path: Path, new_sqlite: NewStore) -> None:
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    names = seed_rich(src, "t", tmp_path / "src-art")
+    pack(tmp_path / "a.exim", tracking_uri=src)
+    unpack(tmp_path / "a.exim", tracking_uri=dst)
+    runs = snapshot(dst, names, with_artifacts=False)[names[0]]["runs"]
+    assert runs["parent"]["start_time"] == T0 and runs["parent"]["end_time"] == T0 + 10_000
+    assert runs["child ✓ 子"]["status"] == "FAILED" and runs["child ✓ 子"]["user_id"] == "bob"
+    assert runs["still running"]["status"] == "RUNNING"
+    assert runs["still running"]["end_time"] is None
+    assert runs["killed and deleted"]["lifecycle"] == "deleted"
+    assert runs["killed and deleted"]["status"] == "KILLED"
+    exps = snapshot(dst, names, with_artifacts=False)
+    assert exps[names[2]]["lifecycle"] == "deleted"
+    assert exps[names[1]]["runs"] == {}
+
+
+def test_clash_with_a_deleted_target_experiment_is_refused_before_writing(
+    tmp_path: Path, new_sqlite: NewStore
+) -> None:
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    names = seed_rich(src, "c", tmp_path / "src-art")
+    pack(tmp_path / "a.exim", tracking_uri=src, experiments=[names[0]])
+    target = MlflowClient(dst)
+    target.delete_experiment(target.create_experiment(names[0]))
+    with pytest.raises(TargetError, match="deleted there"):
+        unpack(tmp_path / "a.exim", tracking_uri=dst)
+    assert count_runs(dst) == 0
