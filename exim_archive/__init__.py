@@ -21,6 +21,9 @@ from .errors import (
     UsageError,
 )
 from .pack import PackReport, pack
+from .summary import inspect_archive
+from .unpack import UnpackReport, unpack
+from .verify import VerifyReport, verify
 
 __all__ = [
     "ArchiveError",
@@ -28,8 +31,13 @@ __all__ = [
     "PackReport",
     "SourceError",
     "TargetError",
+    "UnpackReport",
     "UnsupportedVersionError",
     "UsageError",
+    "VerifyReport",
     "__version__",
+    "inspect_archive",
     "pack",
+    "unpack",
+    "verify",
 ]

@@ -126,6 +126,22 @@ class _MetricsWriter:
         self._writer.close()
 
 
+def check_destination(destination: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The destination as a Path, or a UsageError if an archive cannot be written there."""
+    path = Path(destination)
+    if path.is_dir():
+        raise UsageError("is a directory", where=str(path), hint="name a file")
+    if path.exists() and not overwrite:
+        raise UsageError("already exists", where=str(path), hint="pass --force to replace it")
+    if not path.parent.is_dir():
+        raise UsageError(
+            "the folder does not exist",
+            where=str(path.parent),
+            hint="create it or pick another path",
+        )
+    return path
+
+
 class ArchiveWriter:
     """Collects records, metric points and artifact files; ``finish`` writes the archive."""
 
@@ -137,10 +153,15 @@ class ArchiveWriter:
         producer: Mapping[str, str],
         source: Mapping[str, Any],
         selection: Mapping[str, Any],
+        overwrite: bool = False,
     ) -> None:
         self.destination = Path(destination)
         if self.destination.is_dir():
             raise UsageError("is a directory", where=str(self.destination), hint="name a file")
+        if self.destination.exists() and not overwrite:
+            raise UsageError(
+                "already exists", where=str(self.destination), hint="pass --force to replace it"
+            )
         parent = self.destination.parent
         if not parent.is_dir():
             raise UsageError(

@@ -82,13 +82,18 @@ def pack(
     no_artifacts: Annotated[
         bool, typer.Option("--no-artifacts", help="Leave run artifacts out.")
     ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace ARCHIVE if it exists.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Read a tracking server into one archive file (written atomically)."""
     from .pack import pack as do_pack
 
     report = do_pack(
-        archive, tracking_uri=tracking_uri, experiments=experiment, artifacts=not no_artifacts
+        archive,
+        tracking_uri=tracking_uri,
+        experiments=experiment,
+        artifacts=not no_artifacts,
+        overwrite=force,
     )
     if as_json:
         _emit(report.__dict__)
@@ -151,11 +156,11 @@ def verify(archive: ArchiveArg, as_json: JsonFlag = False) -> None:
         )
     else:
         for problem in report.problems:
-            _say(f"problem: {problem}")
+            typer.echo(f"problem: {problem}")
     if not report.ok:
-        _say(
-            f"error: {report.archive}: {len(report.problems)} problem(s) found; re-copy or re-pack"
-        )
+        count = len(report.problems)
+        more = f" (and {count - 1} more, listed on stdout)" if count > 1 else ""
+        _say(f"error: {report.problems[0]}{more}")
         raise typer.Exit(3)
 
 
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except ArchiveError as exc:
         if _state["debug"]:
             traceback.print_exc()
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             " (run with --debug for the traceback, and please report it)"
         )
         return 70
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

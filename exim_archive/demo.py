@@ -10,11 +10,16 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UsageError
+
 __all__ = ["run_demo", "seed_sample_store"]
+
+_MARKER = ".exim-demo"
 
 
 @contextmanager
@@ -88,18 +93,23 @@ def seed_sample_store(
 
 
 def run_demo(directory: Path, say: Callable[[str], None]) -> None:
-    """Seed, pack, inspect, verify and unpack in ``directory`` (created; must be empty)."""
+    """Seed, pack, inspect, verify and unpack in ``directory`` (new, or an earlier demo's)."""
     from .pack import pack
     from .summary import inspect_archive, render_summary
     from .unpack import unpack
     from .verify import verify
 
-    directory.mkdir(parents=True, exist_ok=True)
     directory = directory.resolve()
-    if any(directory.iterdir()):
-        from .errors import UsageError
-
-        raise UsageError("is not empty", where=str(directory), hint="give a new or empty folder")
+    if directory.is_dir() and any(directory.iterdir()):
+        if not (directory / _MARKER).exists():
+            raise UsageError(
+                "is not empty and not an earlier demo",
+                where=str(directory),
+                hint="give a new folder",
+            )
+        shutil.rmtree(directory)  # an earlier demo's folder: start it afresh
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _MARKER).write_text("made by exim-archive demo; safe to delete\n")
     source = f"sqlite:///{directory / 'source.db'}"
     target = f"sqlite:///{directory / 'target.db'}"
     archive = directory / "demo.exim"

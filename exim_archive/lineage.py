@@ -1,6 +1,6 @@
 """Lineage: the ``mlflow_exim.*`` tags that ``unpack --import-source-tags`` writes, and the two
 bookkeeping tags every unpacked run carries. The rules are ``shared/LINEAGE.md``, made exact in
-``spec/1.0/lineage.md``:
+``spec/1.0/unpack.md``:
 
 * ``mlflow_exim.field.<F>`` for each raw field of an experiment, ``mlflow_exim.run_info.<F>`` for
   each raw RunInfo field; ``str`` of the value, times as epoch-ms decimal strings; no tag for null;

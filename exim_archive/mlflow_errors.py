@@ -29,6 +29,13 @@ def translating(error: type[ArchiveError], what: str, where: str, hint: str) -> 
         yield
     except ArchiveError:
         raise
+    except ModuleNotFoundError as exc:
+        raise error(
+            f"{what} failed: the Python module {exc.name!r} is not installed",
+            where=where,
+            hint="install the database driver, e.g. pip install 'exim-archive[postgres]' "
+            "or 'exim-archive[mysql]'",
+        ) from None
     except MlflowException as exc:
         raise error(
             f"{what} failed: {_first_line(exc.message or str(exc.error_code))}",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from . import __version__
-from .bundle_writer import ArchiveWriter
+from .bundle_writer import ArchiveWriter, check_destination
 from .pool import ordered_map
 from .progress import Progress
 from .records import RunRecord
@@ -69,11 +69,17 @@ def pack(
     tracking_uri: str | None = None,
     experiments: list[str] | None = None,
     artifacts: bool = True,
+    overwrite: bool = False,
     workers: int = 8,
     progress: bool | None = None,
 ) -> PackReport:
-    """Pack experiments (all, deleted included, when ``experiments`` is None) into ``archive``."""
+    """Pack experiments (all, deleted included, when ``experiments`` is None) into ``archive``.
+
+    The file appears only when complete (written under a temporary name, then renamed); an
+    existing file is replaced only with ``overwrite``.
+    """
     started = time.perf_counter()
+    check_destination(archive, overwrite)
     source = MlflowSource(resolve_tracking_uri(tracking_uri))
     selected = source.experiments(experiments or None)
     runs = source.runs([e.experiment_id for e in selected])
@@ -87,6 +93,7 @@ def pack(
             "experiment_ids": [e.experiment_id for e in selected],
             "artifacts": artifacts,
         },
+        overwrite=overwrite,
     )
     try:
         for exp in selected:

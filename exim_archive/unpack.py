@@ -34,6 +34,7 @@ from .verify import verify
 __all__ = ["UnpackReport", "unpack"]
 
 PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
 KEY_LIMIT = 250
 RUN_TAG_VALUE_LIMIT = 8000
 PARAM_VALUE_LIMIT = 6000
@@ -87,6 +88,7 @@ class _Target:
     experiment_id: str
     existing: dict[str, ExistingRun]
     foreign_runs: int
+    was_deleted: bool = False
     restored: bool = False
 
 
@@ -160,7 +162,8 @@ class _Unpacker:
             )
         self.report.experiments_reused += 1
         existing, foreign = self.sink.existing_runs(found.experiment_id)
-        target = _Target(exp, found.experiment_id, existing, foreign)
+        was_deleted = found.lifecycle_stage == "deleted"
+        target = _Target(exp, found.experiment_id, existing, foreign, was_deleted)
         owned = {r.run_id for r in self.runs if r.experiment_id == exp.experiment_id}
         work = any(rid not in existing or existing[rid].incomplete for rid in owned)
         current = self.sink.experiment_tags(found.experiment_id) if work or not exp.deleted else {}
@@ -178,6 +181,14 @@ class _Unpacker:
 
     def run_tags(self, run: RunRecord) -> dict[str, str]:
         tags = {k: v for k, v in run.tags if k != PARENT_TAG}
+        name_tag = tags.get(RUN_NAME_TAG)
+        if name_tag is not None and run.run_name is not None and name_tag != run.run_name:
+            # MLflow refuses a run whose name and mlflow.runName tag differ; the name wins.
+            del tags[RUN_NAME_TAG]
+            self.notes().append(
+                f"run {run.run_id}: tag {RUN_NAME_TAG}={name_tag[:60]!r} differs from the run "
+                f"name {run.run_name[:60]!r}: the run name is kept"
+            )
         if self.lineage:
             tags.update(run_source_tags(run, self.origin))
         tags[SOURCE_RUN_TAG] = run.run_id
@@ -293,9 +304,11 @@ class _Unpacker:
             if active_now or (found is not None and found.lifecycle_stage != "deleted"):
                 self.sink.delete_run(self.run_ids[run.run_id])
         for target in targets:
-            if not target.source.deleted:
+            if not target.source.deleted or (target.was_deleted and not target.restored):
                 continue
-            if target.foreign_runs:
+            # An experiment that was deleted before unpack restored it goes back to deleted,
+            # whatever else it holds; only one that was active is guarded for foreign runs.
+            if target.foreign_runs and not target.was_deleted:
                 self.notes().append(
                     f"experiment {target.source.name!r} is deleted in the archive but was left "
                     f"active in the target: it holds {target.foreign_runs} runs unpack did not make"

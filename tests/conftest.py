@@ -96,6 +96,12 @@ class MlflowServer:
             self.proc = None
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each test in its own folder: stores opened by URI put ``./mlruns`` in the cwd."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow sqlite database with every migration applied (they take seconds)."""
@@ -164,9 +170,9 @@ def _unreachable(what: str, exc: Exception) -> None:
 def postgres_uri() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     try:
-        import psycopg2
+        import psycopg
 
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+        admin = psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
     except Exception as exc:
         _unreachable("PostgreSQL", exc)
     admin.autocommit = True

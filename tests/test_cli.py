@@ -1,0 +1,167 @@
+"""The command line as a user meets it: help everywhere, documented commands, one-line errors
+with a non-zero exit and no traceback, atomic pack, same input same bytes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import NewStore
+from workload import seed_rich
+
+from exim_archive.cli import app, main
+from exim_archive.errors import SourceError
+from exim_archive.pack import pack
+from exim_archive.source import MlflowSource
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exim_archive", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0, proc
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_there_are_the_commands_the_issue_names() -> None:
+    assert {"pack", "unpack", "verify", "inspect"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_is_in_the_readme(command: str) -> None:
+    proc = _run(command, "--help")
+    assert proc.returncode == 0
+    summary = proc.stdout.split("Usage:")[1].split("\n\n")[1].strip()
+    assert len(summary) > 20, f"{command} has no real help text"
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"exim-archive {command}\b", readme), f"README never shows {command}"
+
+
+def test_missing_archive(tmp_path: Path) -> None:
+    for command in ("verify", "inspect", "unpack"):
+        extra = ["--tracking-uri", f"sqlite:///{tmp_path / 't.db'}"] if command == "unpack" else []
+        line = _one_error_line(_run(command, str(tmp_path / "nope.exim"), *extra))
+        assert "nope.exim: no such file or directory" in line
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello, not a zip\n")
+    line = _one_error_line(_run("verify", str(bogus)))
+    assert "notes.txt" in line and "ZIP" in line
+
+
+def test_unreachable_server(tmp_path: Path) -> None:
+    line = _one_error_line(
+        _run("pack", str(tmp_path / "a.exim"), "--tracking-uri", "http://127.0.0.1:9")
+    )
+    assert "http://127.0.0.1:9: cannot reach the tracking server" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_no_tracking_uri(tmp_path: Path) -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    line = _one_error_line(_run("pack", str(tmp_path / "a.exim"), env=env))
+    assert "--tracking-uri" in line
+
+
+def test_unknown_experiment(tmp_path: Path, new_sqlite: NewStore) -> None:
+    uri = new_sqlite("src")
+    line = _one_error_line(
+        _run("pack", str(tmp_path / "a.exim"), "--tracking-uri", uri, "-e", "nope")
+    )
+    assert "no experiment named or numbered 'nope'" in line
+    assert not (tmp_path / "a.exim").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    proc = _run("--debug", "verify", str(tmp_path / "nope.exim"))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_failed_pack_leaves_no_file(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = new_sqlite("src")
+    seed_rich(uri, "f", tmp_path / "art")
+    calls = {"n": 0}
+    real = MlflowSource.metric_history
+
+    def dying(self: MlflowSource, run: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise SourceError("the server went away", where=uri)
+        return real(self, run)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MlflowSource, "metric_history", dying)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SourceError):
+        pack(out / "a.exim", tracking_uri=uri)
+    assert list(out.iterdir()) == [], "a failed pack left files behind"
+    monkeypatch.setattr(MlflowSource, "metric_history", real)
+    pack(out / "a.exim", tracking_uri=uri)
+    assert [p.name for p in out.iterdir()] == ["a.exim"]
+
+
+def test_pack_refuses_to_overwrite_without_force(
+    tmp_path: Path, new_sqlite: NewStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = new_sqlite("src")
+    target = tmp_path / "a.exim"
+    target.write_text("precious")
+    assert main(["pack", str(target), "--tracking-uri", uri]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert target.read_text() == "precious"
+    assert main(["pack", str(target), "--tracking-uri", uri, "--force"]) == 0
+    assert main(["verify", str(target)]) == 0
+
+
+def test_same_input_same_bytes(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = new_sqlite("src")
+    seed_rich(uri, "d", tmp_path / "art")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    one = pack(tmp_path / "one.exim", tracking_uri=uri, workers=1)
+    many = pack(tmp_path / "many.exim", tracking_uri=uri, workers=8)
+    assert one.digest == many.digest
+    assert (tmp_path / "one.exim").read_bytes() == (tmp_path / "many.exim").read_bytes()
+
+
+def test_inspect_json_and_text(
+    tmp_path: Path, new_sqlite: NewStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    uri = new_sqlite("src")
+    names = seed_rich(uri, "n", tmp_path / "art")
+    pack(tmp_path / "a.exim", tracking_uri=uri)
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "a.exim"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format_version"] == "1.0"
+    assert info["counts"]["runs"] == 5 and info["counts"]["deleted_runs"] == 2
+    assert {e["name"]: e["runs"] for e in info["experiments"]}[names[0]] == 4
+    assert info["source"]["tracking_uri"] == uri
+    assert info["time_span"]["first"] == "2026-01-01T00:00:00Z"
+    assert main(["inspect", str(tmp_path / "a.exim")]) == 0
+    text = capsys.readouterr().out
+    assert names[0] in text and "metrics" in text and "(deleted)" in text
