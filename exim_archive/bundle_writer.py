@@ -197,7 +197,8 @@ class ArchiveWriter:
         self._runs.append(record)
         if metrics is not None and metrics.num_rows:
             keys = [(c, "ascending") for c in T.METRICS.sort_key]
-            self._metrics.append(metrics.select(T.METRICS.schema.names).sort_by(keys))
+            table = metrics.select(T.METRICS.schema.names).cast(T.METRICS.schema)
+            self._metrics.append(table.sort_by(keys))
 
     def add_artifact(self, run_id: str, path: str, local_file: Path) -> ArtifactRecord:
         """Store one artifact file's bytes (deduplicated by content) and index it."""
