@@ -22,7 +22,7 @@ from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from .mlflow_errors import check_reachable, translating
 from .records import DatasetInputRecord, RunRecord
-from .uri import redact_uri, uri_kind
+from .uri import allow_file_store, redact_uri, uri_kind
 
 __all__ = ["ExistingRun", "MlflowSink", "TargetExperiment"]
 
@@ -66,6 +66,7 @@ class MlflowSink:
         self._inputs_lock = threading.Lock()
         if uri_kind(tracking_uri) == "http":
             check_reachable(tracking_uri, self.safe_uri, TargetError)
+        allow_file_store(tracking_uri)
         with self._calling("connecting"):
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.client.search_experiments(max_results=1)

@@ -19,7 +19,7 @@ from .errors import SourceError
 from .manifest import canonical_json
 from .mlflow_errors import check_reachable, translating
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
-from .uri import redact_uri, uri_kind
+from .uri import allow_file_store, redact_uri, uri_kind
 
 __all__ = ["MlflowSource"]
 
@@ -45,6 +45,7 @@ class MlflowSource:
         self.safe_uri = redact_uri(tracking_uri)
         self.kind = uri_kind(tracking_uri)
         self._check_reachable()
+        allow_file_store(tracking_uri)
         with self._calling("connecting"):
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.client.search_experiments(max_results=1)

@@ -4,6 +4,7 @@ PostgreSQL / MariaDB databases of the machine (mandatory when EXIM_REQUIRE_DATAB
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -88,10 +89,8 @@ class MlflowServer:
     def kill(self) -> None:
         """Kill it hard, as a crash would."""
         if self.proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=15)
             self.proc = None
 

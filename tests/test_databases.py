@@ -5,24 +5,14 @@ the other, and compare everything the fidelity table promises. Mandatory in CI
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import NewStore
-from workload import count_runs, seed_rich, snapshot
+from workload import as_sql_keeps, count_runs, seed_rich, snapshot
 
 from exim_archive import pack, unpack, verify
 
 pytestmark = pytest.mark.database
-
-
-def _no_signed_zero(snap: dict[str, Any]) -> dict[str, Any]:
-    """MariaDB stores -0.0 as 0.0 (the archive keeps -0.0; the target cannot)."""
-    for exp in snap.values():
-        for run in exp["runs"].values():
-            for key, points in run["metrics"].items():
-                run["metrics"][key] = [(s, t, "0.0" if v == "-0.0" else v) for s, t, v in points]
-    return snap
 
 
 def test_postgres_to_mariadb(tmp_path: Path, postgres_uri: str, mysql_uri: str) -> None:
@@ -32,7 +22,7 @@ def test_postgres_to_mariadb(tmp_path: Path, postgres_uri: str, mysql_uri: str) 
     assert verify(archive).ok
     report = unpack(archive, tracking_uri=mysql_uri, import_source_tags=True)
     assert report.runs_created == 5
-    assert snapshot(mysql_uri, names) == _no_signed_zero(snapshot(postgres_uri, names))
+    assert snapshot(mysql_uri, names) == as_sql_keeps(snapshot(postgres_uri, names))
     again = unpack(archive, tracking_uri=mysql_uri, import_source_tags=True)
     assert again.runs_created == 0 and count_runs(mysql_uri) == count_runs(postgres_uri)
 
@@ -42,7 +32,7 @@ def test_mariadb_to_postgres(tmp_path: Path, postgres_uri: str, mysql_uri: str) 
     archive = tmp_path / "my.exim"
     pack(archive, tracking_uri=mysql_uri)
     unpack(archive, tracking_uri=postgres_uri)
-    assert snapshot(postgres_uri, names) == _no_signed_zero(snapshot(mysql_uri, names))
+    assert snapshot(postgres_uri, names) == as_sql_keeps(snapshot(mysql_uri, names))
 
 
 def test_sqlite_to_postgres_keeps_unicode_and_long_values(

@@ -4,14 +4,16 @@ repeated and interrupted unpacks."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 from conftest import MlflowServer, NewStore
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from workload import T0, count_runs, seed_rich, snapshot
+from workload import T0, as_sql_keeps, count_runs, seed_rich, snapshot
 
+from exim_archive.bundle_reader import ArchiveReader
 from exim_archive.cli import main
 from exim_archive.errors import TargetError
 from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
@@ -210,3 +212,18 @@ def test_clash_with_a_deleted_target_experiment_is_refused_before_writing(
     with pytest.raises(TargetError, match="deleted there"):
         unpack(tmp_path / "a.exim", tracking_uri=dst)
     assert count_runs(dst) == 0
+
+
+def test_file_store_to_sqlite(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    src = (tmp_path / "mlruns-src").as_uri()
+    names = seed_rich(src, "fs", tmp_path / "src-art")
+    dst = new_sqlite("dst")
+    pack(tmp_path / "a.exim", tracking_uri=src)
+    with ArchiveReader(tmp_path / "a.exim") as reader:
+        values = {v for b in reader.iter_metric_batches() for v in b.column("value").to_pylist()}
+    assert {math.inf, -math.inf} <= values, "the archive must keep the file store's inf exactly"
+    unpack(tmp_path / "a.exim", tracking_uri=dst)
+    assert snapshot(dst, names) == as_sql_keeps(snapshot(src, names))

@@ -127,6 +127,17 @@ def seed_bulk(
         c.set_terminated(rid, "FINISHED", end_time=T0 + 10_000 + i)
 
 
+def as_sql_keeps(snap: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot's metric values as SQL stores keep them: +/-inf as +/-DBL_MAX, -0.0 as 0.0
+    (SQLite and MariaDB). The archive keeps what the source returned; the target cannot."""
+    table = {"inf": "1.7976931348623157e+308", "-inf": "-1.7976931348623157e+308", "-0.0": "0.0"}
+    for exp in snap.values():
+        for run in exp["runs"].values():
+            for key, points in run["metrics"].items():
+                run["metrics"][key] = [(s, t, table.get(v, v)) for s, t, v in points]
+    return snap
+
+
 def _value(v: float) -> str:
     return "nan" if math.isnan(v) else repr(v)
 
