@@ -103,6 +103,7 @@ def pack(
         f"packed {c['experiments']} experiments, {c['runs']} runs, {c['metric_points']:,} metric "
         f"points, {c['artifacts']} artifacts into {report.archive} ({report.bytes:,} bytes) "
         f"in {report.seconds:.1f} s"
+        + (f" ({report.retries} retried calls)" if report.retries else "")
     )
     typer.echo(f"sha256:{report.digest}")
 
@@ -138,6 +139,7 @@ def unpack(
         f"{report.runs_resumed} resumed, {report.runs_already_complete} already there; "
         f"{report.metric_points:,} metric points, {report.artifacts} artifacts "
         f"in {report.seconds:.1f} s"
+        + (f" ({report.retries} retried calls)" if report.retries else "")
     )
 
 

@@ -36,6 +36,7 @@ class PackReport:
     counts: dict[str, int]
     bytes: int
     seconds: float
+    retries: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -130,4 +131,5 @@ def pack(
         counts=dict(manifest.counts),
         bytes=writer.destination.stat().st_size,
         seconds=time.perf_counter() - started,
+        retries=source.call.retries,
     )

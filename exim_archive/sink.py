@@ -11,8 +11,8 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
-from .mlflow_errors import check_reachable, translating
+from .mlflow_errors import Caller, check_reachable, disable_mlflow_retries
 from .records import DatasetInputRecord, RunRecord
 from .uri import allow_file_store, redact_uri, uri_kind
 
@@ -64,53 +64,75 @@ class MlflowSink:
         # Runs of one experiment share dataset rows; MLflow's insert-if-absent races between
         # concurrent log_inputs calls (UNIQUE constraint on datasets), so they go one at a time.
         self._inputs_lock = threading.Lock()
-        if uri_kind(tracking_uri) == "http":
-            check_reachable(tracking_uri, self.safe_uri, TargetError)
-        allow_file_store(tracking_uri)
-        with self._calling("connecting"):
-            self.client = MlflowClient(tracking_uri=tracking_uri)
-            self.client.search_experiments(max_results=1)
-            self._store = self.client._tracking_client.store
-
-    def _calling(self, what: str) -> AbstractContextManager[None]:
-        return translating(
+        self.call = Caller(
             TargetError,
-            what,
             self.safe_uri,
             "fix the cause and run the same unpack again: it resumes where it stopped",
         )
+        if uri_kind(tracking_uri) == "http":
+            check_reachable(tracking_uri, self.safe_uri, TargetError)
+            disable_mlflow_retries()
+        allow_file_store(tracking_uri)
+
+        def connect() -> Any:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
+            return client
+
+        self.client = self.call("connecting", connect)
+        self._store = self.client._tracking_client.store
 
     # -- experiments ---------------------------------------------------------------------------
 
     def find_experiment(self, name: str) -> TargetExperiment | None:
-        with self._calling(f"looking up experiment {name!r}"):
-            exp = self.client.get_experiment_by_name(name)
+        exp = self.call(
+            f"looking up experiment {name!r}", lambda: self.client.get_experiment_by_name(name)
+        )
         return None if exp is None else TargetExperiment(exp.experiment_id, exp.lifecycle_stage)
 
     def create_experiment(self, name: str, tags: Mapping[str, str]) -> str:
-        with self._calling(f"creating experiment {name!r}"):
-            return str(self.client.create_experiment(name, tags=dict(tags)))
+        def landed() -> str | None:
+            found = self.find_experiment(name)
+            return None if found is None else found.experiment_id
+
+        return str(
+            self.call(
+                f"creating experiment {name!r}",
+                lambda: self.client.create_experiment(name, tags=dict(tags)),
+                before_retry=landed,
+            )
+        )
 
     def set_experiment_tags(self, experiment_id: str, tags: Mapping[str, str]) -> None:
-        with self._calling(f"tagging experiment {experiment_id}"):
-            for key, value in sorted(tags.items()):
-                self.client.set_experiment_tag(experiment_id, key, value)
+        for key, value in sorted(tags.items()):
+            self.call(
+                f"tagging experiment {experiment_id}",
+                partial(self.client.set_experiment_tag, experiment_id, key, value),
+            )
 
     def experiment_tags(self, experiment_id: str) -> dict[str, str]:
-        with self._calling(f"reading experiment {experiment_id}"):
-            return dict(self.client.get_experiment(experiment_id).tags)
+        exp = self.call(
+            f"reading experiment {experiment_id}", lambda: self.client.get_experiment(experiment_id)
+        )
+        return dict(exp.tags)
 
     def restore_experiment(self, experiment_id: str) -> None:
-        with self._calling(f"restoring experiment {experiment_id}"):
-            self.client.restore_experiment(experiment_id)
+        self.call(
+            f"restoring experiment {experiment_id}",
+            lambda: self.client.restore_experiment(experiment_id),
+        )
 
     def delete_experiment(self, experiment_id: str) -> None:
-        with self._calling(f"deleting experiment {experiment_id}"):
-            self.client.delete_experiment(experiment_id)
+        self.call(
+            f"deleting experiment {experiment_id}",
+            lambda: self.client.delete_experiment(experiment_id),
+        )
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def existing_runs(self, experiment_id: str) -> tuple[dict[str, ExistingRun], int]:
+    def existing_runs(
+        self, experiment_id: str, filter_string: str = ""
+    ) -> tuple[dict[str, ExistingRun], int]:
         """Runs an earlier unpack made here (by source run id), and how many other runs exist."""
         from mlflow.entities import ViewType
 
@@ -118,10 +140,17 @@ class MlflowSink:
         foreign = 0
         token = None
         while True:
-            with self._calling(f"listing runs of experiment {experiment_id}"):
-                page = self.client.search_runs(
-                    [experiment_id], run_view_type=ViewType.ALL, max_results=_PAGE, page_token=token
-                )
+            page = self.call(
+                f"listing runs of experiment {experiment_id}",
+                partial(
+                    self.client.search_runs,
+                    [experiment_id],
+                    filter_string=filter_string,
+                    run_view_type=ViewType.ALL,
+                    max_results=_PAGE,
+                    page_token=token,
+                ),
+            )
             for run in page:
                 source_id = run.data.tags.get(SOURCE_RUN_TAG)
                 if source_id is None:
@@ -145,11 +174,17 @@ class MlflowSink:
             token = page.token
         return ours, foreign
 
+    def find_run(self, experiment_id: str, source_run_id: str) -> ExistingRun | None:
+        """The run an earlier (or concurrent) unpack made from ``source_run_id``, if any."""
+        found, _ = self.existing_runs(experiment_id, f"tags.`{SOURCE_RUN_TAG}` = '{source_run_id}'")
+        return found.get(source_run_id)
+
     def create_run(self, experiment_id: str, run: RunRecord, tags: Mapping[str, str]) -> str:
         from mlflow.entities import RunTag
 
         start = run.start_time if run.start_time is not None else int(time.time() * 1000)
-        with self._calling(f"creating run for source run {run.run_id}"):
+
+        def create() -> str:
             created = self._store.create_run(
                 experiment_id=experiment_id,
                 user_id=run.user_id if run.user_id is not None else "unknown",
@@ -157,18 +192,32 @@ class MlflowSink:
                 tags=[RunTag(k, v) for k, v in sorted(tags.items())],
                 run_name=run.run_name,
             )
-        return str(created.info.run_id)
+            return str(created.info.run_id)
+
+        def landed() -> str | None:
+            # create_run is not idempotent: a reply lost on the way back may hide a run made.
+            found = self.find_run(experiment_id, run.run_id)
+            return None if found is None else found.run_id
+
+        return self.call(f"creating run for source run {run.run_id}", create, before_retry=landed)
 
     def log_params_and_tags(
         self, run_id: str, params: Sequence[tuple[str, str]], tags: Mapping[str, str]
     ) -> None:
         from mlflow.entities import Param, RunTag
 
-        with self._calling(f"logging params of run {run_id}"):
-            for chunk in _chunks(params, PARAMS_PER_BATCH):
-                self.client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
-            for tag_chunk in _chunks(sorted(tags.items()), TAGS_PER_BATCH):
-                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tag_chunk])
+        for chunk in _chunks(params, PARAMS_PER_BATCH):
+            batch = [Param(k, v) for k, v in chunk]
+            self.call(
+                f"logging params of run {run_id}",
+                partial(self.client.log_batch, run_id, params=batch),
+            )
+        for tag_chunk in _chunks(sorted(tags.items()), TAGS_PER_BATCH):
+            tag_batch = [RunTag(k, v) for k, v in tag_chunk]
+            self.call(
+                f"logging tags of run {run_id}",
+                partial(self.client.log_batch, run_id, tags=tag_batch),
+            )
 
     def log_metrics(self, run_id: str, points: pa.Table) -> None:
         from mlflow.entities import Metric
@@ -180,9 +229,11 @@ class MlflowSink:
         metrics = [
             Metric(k, v, t, s) for k, v, t, s in zip(keys, values, stamps, steps, strict=True)
         ]
-        with self._calling(f"logging metrics of run {run_id}"):
-            for chunk in _chunks(metrics, METRICS_PER_BATCH):
-                self.client.log_batch(run_id, metrics=list(chunk))
+        for chunk in _chunks(metrics, METRICS_PER_BATCH):
+            self.call(
+                f"logging metrics of run {run_id}",
+                partial(self.client.log_batch, run_id, metrics=list(chunk)),
+            )
 
     def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -196,28 +247,42 @@ class MlflowSink:
             )
             for d in inputs
         ]
-        with self._inputs_lock, self._calling(f"logging dataset inputs of run {run_id}"):
-            self.client.log_inputs(run_id, datasets=datasets)
+        with self._inputs_lock:
+            self.call(
+                f"logging dataset inputs of run {run_id}",
+                lambda: self.client.log_inputs(run_id, datasets=datasets),
+            )
 
     def log_artifacts(self, run_id: str, directory: Path) -> None:
-        with self._calling(f"uploading artifacts of run {run_id}"):
-            self.client.log_artifacts(run_id, os.fspath(directory))
+        self.call(
+            f"uploading artifacts of run {run_id}",
+            lambda: self.client.log_artifacts(run_id, os.fspath(directory)),
+        )
 
     def finish_run(self, run_id: str, run: RunRecord) -> None:
         """Set status and end time as the source had them, then drop the incomplete marker."""
         from mlflow.entities import RunStatus
 
-        with self._calling(f"finishing run {run_id}"):
-            if run.status != "RUNNING" or run.end_time is not None:
-                self._store.update_run_info(
+        if run.status != "RUNNING" or run.end_time is not None:
+            self.call(
+                f"finishing run {run_id}",
+                lambda: self._store.update_run_info(
                     run_id, RunStatus.from_string(run.status), run.end_time, run.run_name
-                )
-            self.client.delete_tag(run_id, INCOMPLETE_TAG)
+                ),
+            )
+
+        def already_gone() -> bool | None:
+            tags = self.client.get_run(run_id).data.tags
+            return None if INCOMPLETE_TAG in tags else True
+
+        self.call(
+            f"finishing run {run_id}",
+            lambda: self.client.delete_tag(run_id, INCOMPLETE_TAG),
+            before_retry=already_gone,
+        )
 
     def restore_run(self, run_id: str) -> None:
-        with self._calling(f"restoring run {run_id}"):
-            self.client.restore_run(run_id)
+        self.call(f"restoring run {run_id}", lambda: self.client.restore_run(run_id))
 
     def delete_run(self, run_id: str) -> None:
-        with self._calling(f"deleting run {run_id}"):
-            self.client.delete_run(run_id)
+        self.call(f"deleting run {run_id}", lambda: self.client.delete_run(run_id))

@@ -1,13 +1,14 @@
 """The source: an MLflow tracking server read into records.
 
-MLflow types stop here. Every call that can fail goes through :func:`_calling`, which turns
-MLflow, HTTP and database errors into :class:`SourceError` naming the server and the object.
+MLflow types stop here. Every call that can fail goes through a :class:`Caller`, which retries
+transient failures and turns the rest into one :class:`SourceError` naming server and object.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from . import tables as T
 from .errors import SourceError
 from .manifest import canonical_json
-from .mlflow_errors import check_reachable, translating
+from .mlflow_errors import Caller, check_reachable, disable_mlflow_retries
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
 from .uri import allow_file_store, redact_uri, uri_kind
 
@@ -44,20 +45,23 @@ class MlflowSource:
         self.uri = tracking_uri
         self.safe_uri = redact_uri(tracking_uri)
         self.kind = uri_kind(tracking_uri)
+        self.call = Caller(
+            SourceError, self.safe_uri, "check the server and the URI, then run pack again"
+        )
         self._check_reachable()
         allow_file_store(tracking_uri)
-        with self._calling("connecting"):
-            self.client = MlflowClient(tracking_uri=tracking_uri)
-            self.client.search_experiments(max_results=1)
 
-    def _calling(self, what: str) -> AbstractContextManager[None]:
-        return translating(
-            SourceError, what, self.safe_uri, "check the server and the URI, then run pack again"
-        )
+        def connect() -> Any:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
+            return client
+
+        self.client = self.call("connecting", connect)
 
     def _check_reachable(self) -> None:
         if self.kind == "http":
             check_reachable(self.uri, self.safe_uri, SourceError)
+            disable_mlflow_retries()
         elif self.uri.startswith("sqlite:"):
             path = self.uri.split("///", 1)[-1] if "///" in self.uri else ""
             if path and path != ":memory:" and not os.path.exists(path):
@@ -77,10 +81,15 @@ class MlflowSource:
         if selection is None:
             token = None
             while True:
-                with self._calling("listing experiments"):
-                    page = self.client.search_experiments(
-                        view_type=ViewType.ALL, max_results=_PAGE, page_token=token
-                    )
+                page = self.call(
+                    "listing experiments",
+                    partial(
+                        self.client.search_experiments,
+                        view_type=ViewType.ALL,
+                        max_results=_PAGE,
+                        page_token=token,
+                    ),
+                )
                 for exp in page:
                     found[exp.experiment_id] = exp
                 token = page.token
@@ -95,13 +104,17 @@ class MlflowSource:
     def _find_experiment(self, wanted: str) -> Any:
         from mlflow.exceptions import MlflowException
 
-        with self._calling(f"looking up experiment {wanted!r}"):
+        def lookup() -> Any:
             exp = self.client.get_experiment_by_name(wanted)
             if exp is None and wanted.isdigit():
                 try:
                     exp = self.client.get_experiment(wanted)
-                except MlflowException:
-                    exp = None
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+            return exp
+
+        exp = self.call(f"looking up experiment {wanted!r}", lookup)
         if exp is None:
             raise SourceError(
                 f"no experiment named or numbered {wanted!r}",
@@ -132,10 +145,16 @@ class MlflowSource:
             ids = experiment_ids[start : start + 100]
             token = None
             while True:
-                with self._calling(f"listing runs of experiments {', '.join(ids)}"):
-                    page = self.client.search_runs(
-                        ids, run_view_type=ViewType.ALL, max_results=_PAGE, page_token=token
-                    )
+                page = self.call(
+                    f"listing runs of experiments {', '.join(ids)}",
+                    partial(
+                        self.client.search_runs,
+                        ids,
+                        run_view_type=ViewType.ALL,
+                        max_results=_PAGE,
+                        page_token=token,
+                    ),
+                )
                 out.extend(self._run_record(run) for run in page)
                 if not page.token or page.token == token:
                     break
@@ -189,8 +208,10 @@ class MlflowSource:
         stamps: list[int] = []
         values: list[float] = []
         for key in run.metric_keys:
-            with self._calling(f"reading metric {key!r} of run {run.run_id}"):
-                history = self.client.get_metric_history(run.run_id, key)
+            history = self.call(
+                f"reading metric {key!r} of run {run.run_id}",
+                partial(self.client.get_metric_history, run.run_id, key),
+            )
             for m in history:
                 keys.append(key)
                 steps.append(int(m.step))
@@ -211,23 +232,25 @@ class MlflowSource:
 
     def download_artifacts(self, run: RunRecord, destination: Path) -> list[tuple[str, Path]]:
         """Download the run's whole artifact tree; returns (artifact path, local file) sorted."""
-        with self._calling(f"listing artifacts of run {run.run_id}"):
-            top = self.client.list_artifacts(run.run_id)
+        top = self.call(
+            f"listing artifacts of run {run.run_id}", lambda: self.client.list_artifacts(run.run_id)
+        )
         if not top:
             return []
-        destination.mkdir(parents=True, exist_ok=True)
         uri = run.artifact_uri or ""
-        with self._calling(f"downloading artifacts of run {run.run_id} ({uri})"):
-            try:
-                root = Path(self.client.download_artifacts(run.run_id, "", str(destination)))
-            except Exception as exc:
-                if uri.startswith("mlflow-artifacts:") and self.kind != "http":
-                    raise SourceError(
-                        f"run {run.run_id} keeps its artifacts behind a tracking server ({uri})",
-                        where=self.safe_uri,
-                        hint="pack through the server's http:// URI, or use --no-artifacts",
-                    ) from None
-                raise exc
+        if uri.startswith("mlflow-artifacts:") and self.kind != "http":
+            raise SourceError(
+                f"run {run.run_id} keeps its artifacts behind a tracking server ({uri})",
+                where=self.safe_uri,
+                hint="pack through the server's http:// URI, or use --no-artifacts",
+            )
+
+        def download() -> Path:
+            shutil.rmtree(destination, ignore_errors=True)
+            destination.mkdir(parents=True)
+            return Path(self.client.download_artifacts(run.run_id, "", str(destination)))
+
+        root = self.call(f"downloading artifacts of run {run.run_id} ({uri})", download)
         files = [
             (p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()
         ]

@@ -60,6 +60,7 @@ class UnpackReport:
         default_factory=lambda: {"experiments": {}, "runs": {}}
     )
     notes: list[str] = field(default_factory=list)
+    retries: int = 0
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -334,6 +335,9 @@ def unpack(
     with ArchiveReader(archive) as reader:
         sink = MlflowSink(uri)
         report = UnpackReport(os.fspath(archive), reader.digest, redact_uri(uri))
-        _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
+        try:
+            _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
+        finally:
+            report.retries = sink.call.retries
     report.seconds = time.perf_counter() - started
     return report
