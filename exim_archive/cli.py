@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -137,24 +138,45 @@ def unpack(
         f"unpacked into {report.tracking_uri}: experiments {report.experiments_created} created, "
         f"{report.experiments_reused} reused; runs {report.runs_created} created, "
         f"{report.runs_resumed} resumed, {report.runs_already_complete} already there; "
-        f"{report.metric_points:,} metric points, {report.artifacts} artifacts "
+        f"{report.metric_points:,} metric points, {report.artifacts} artifacts; "
+        f"{report.runs_checked} runs checked against the archive "
         f"in {report.seconds:.1f} s"
         + (f" ({report.retries} retried calls)" if report.retries else "")
     )
 
 
 @app.command()
-def verify(archive: ArchiveArg, as_json: JsonFlag = False) -> None:
+def verify(
+    archive: ArchiveArg,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            help="Also check that this tracking URI holds everything in the archive "
+            "(as unpack writes it).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Check an archive completely, from the file alone; exit 0 only if all holds."""
     from .verify import verify as do_verify
 
     report = do_verify(archive)
+    checked = ""
+    if against is not None and report.ok:
+        from .proof import check_against
+
+        proof = check_against(archive, tracking_uri=against)
+        problems = [f"target {proof.tracking_uri}: {p}" for p in proof.problems]
+        report = replace(report, problems=problems)
+        checked = f"; {proof.tracking_uri} holds all of it ({proof.runs_checked} runs checked)"
     if as_json:
         _emit({**report.__dict__, "ok": report.ok})
     elif report.ok:
         typer.echo(
             f"ok: {report.archive} (format {report.format_version}, "
-            f"{report.members_checked} members, sha256:{report.digest})"
+            f"{report.members_checked} members, sha256:{report.digest}){checked}"
         )
     else:
         for problem in report.problems:

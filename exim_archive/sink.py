@@ -286,3 +286,45 @@ class MlflowSink:
 
     def delete_run(self, run_id: str) -> None:
         self.call(f"deleting run {run_id}", lambda: self.client.delete_run(run_id))
+
+    # -- reading back, for the proof after unpack ------------------------------------------------
+
+    def run_contents(self, run_id: str) -> RunContents:
+        """What the target holds for one run: lifecycle, params, tags, points per key, files."""
+        run = self.call(f"reading run {run_id}", lambda: self.client.get_run(run_id))
+        counts = {}
+        for key in sorted(run.data.metrics):
+            history = self.call(
+                f"reading metric {key!r} of run {run_id}",
+                partial(self.client.get_metric_history, run_id, key),
+            )
+            counts[key] = len(history)
+        return RunContents(
+            lifecycle_stage=run.info.lifecycle_stage,
+            params=dict(run.data.params),
+            tags=dict(run.data.tags),
+            points=counts,
+            files=self._files(run_id, None),
+        )
+
+    def _files(self, run_id: str, path: str | None) -> dict[str, int]:
+        listing = self.call(
+            f"listing artifacts of run {run_id}",
+            partial(self.client.list_artifacts, run_id, path),
+        )
+        out: dict[str, int] = {}
+        for info in listing:
+            if info.is_dir:
+                out.update(self._files(run_id, info.path))
+            else:
+                out[info.path] = int(info.file_size or 0)
+        return out
+
+
+@dataclass(frozen=True)
+class RunContents:
+    lifecycle_stage: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    points: dict[str, int]
+    files: dict[str, int]

@@ -26,6 +26,7 @@ from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, Origin, experiment_source_tags, run_source_tags
 from .pool import ordered_map
 from .progress import Progress
+from .proof import check_against
 from .records import ArtifactRecord, ExperimentRecord, RunRecord
 from .sink import ExistingRun, MlflowSink
 from .uri import redact_uri, resolve_tracking_uri
@@ -61,6 +62,7 @@ class UnpackReport:
     )
     notes: list[str] = field(default_factory=list)
     retries: int = 0
+    runs_checked: int = 0
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -327,8 +329,10 @@ def unpack(
     import_source_tags: bool = False,
     workers: int = 4,
     progress: bool | None = None,
+    check: bool = True,
 ) -> UnpackReport:
-    """Write the archive's experiments and runs into ``tracking_uri`` (idempotent, resumable)."""
+    """Write the archive's experiments and runs into ``tracking_uri`` (idempotent, resumable),
+    then (with ``check``) prove the target holds everything the archive does."""
     started = time.perf_counter()
     uri = resolve_tracking_uri(tracking_uri)
     verify(archive, progress=progress).raise_if_failed()
@@ -339,5 +343,17 @@ def unpack(
             _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
         finally:
             report.retries = sink.call.retries
+    if check:
+        proof = check_against(archive, sink=sink, workers=workers)
+        report.runs_checked = proof.runs_checked
+        if not proof.ok:
+            raise TargetError(
+                f"unpack finished but the target does not hold everything in the archive: "
+                f"{proof.problems[0]}"
+                + (f" (and {len(proof.problems) - 1} more)" if len(proof.problems) > 1 else ""),
+                where=report.tracking_uri,
+                hint="run the same unpack again; 'exim-archive verify ARCHIVE --against URI' "
+                "lists every problem",
+            )
     report.seconds = time.perf_counter() - started
     return report

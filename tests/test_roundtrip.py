@@ -227,3 +227,24 @@ def test_file_store_to_sqlite(
     assert {math.inf, -math.inf} <= values, "the archive must keep the file store's inf exactly"
     unpack(tmp_path / "a.exim", tracking_uri=dst)
     assert snapshot(dst, names) == as_sql_keeps(snapshot(src, names))
+
+
+def test_verify_against_finds_what_the_target_lost(
+    tmp_path: Path, new_sqlite: NewStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    seed_rich(src, "v", tmp_path / "art")
+    archive = str(tmp_path / "a.exim")
+    pack(archive, tracking_uri=src)
+    assert unpack(archive, tracking_uri=dst).runs_checked == 5
+    assert main(["verify", archive, "--against", dst]) == 0
+    assert "holds all of it (5 runs checked)" in capsys.readouterr().out
+    with sqlite3.connect(tmp_path / "dst.db") as con:
+        con.execute("delete from metrics where key = 'loss' and step < 3")
+        con.execute("delete from params where key = 'p007'")
+    assert main(["verify", archive, "--against", dst]) == 3
+    out = capsys.readouterr().out
+    assert "metric 'loss' has 297 points in the target, 300 here" in out
+    assert "param 'p007' is missing or differs" in out

@@ -1,0 +1,155 @@
+"""The proof after unpack: the target checked against the archive, object by object.
+
+For every experiment: it exists under its name with the archive's lifecycle. For every run: it
+exists once (found by its source-run tag), is complete, has the archive's lifecycle, every param
+and every source tag with its value (as unpack's limits rule wrote it), as many distinct metric
+points per key, and every artifact file with its size. Used at the end of ``unpack`` and by
+``verify --against``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .bundle_reader import ArchiveReader
+from .lineage import INCOMPLETE_TAG
+from .pool import ordered_map
+from .records import RunRecord
+from .sink import ExistingRun, MlflowSink, RunContents
+from .uri import redact_uri, resolve_tracking_uri
+
+__all__ = ["ProofReport", "check_against"]
+
+MAX_PROBLEMS = 100
+_PARENT = "mlflow.parentRunId"
+
+
+@dataclass
+class ProofReport:
+    """Whether the target holds everything the archive does; ``problems`` says what is not."""
+
+    archive: str
+    tracking_uri: str
+    runs_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, text: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+
+def _distinct_points(reader: ArchiveReader) -> dict[str, dict[str, int]]:
+    """Distinct (key, step, timestamp, value) points per run and key: what a store keeps."""
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for run_id, points in reader.iter_run_metrics():
+        bits = pc.cast(points.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
+        table = points.drop_columns(["value"]).append_column("bits", pa.array(bits.view("int64")))
+        grouped = table.group_by(["key", "step", "timestamp", "bits"]).aggregate([])
+        counts = grouped.group_by("key").aggregate([([], "count_all")])
+        out[run_id] = dict(
+            zip(counts["key"].to_pylist(), counts["count_all"].to_pylist(), strict=True)
+        )
+    return out
+
+
+def _expected_value(value: str, limit: int) -> str:
+    return value[:limit]
+
+
+def check_run(
+    report: ProofReport,
+    run: RunRecord,
+    found: ExistingRun | None,
+    got: RunContents | None,
+    points: dict[str, int],
+    files: dict[str, int],
+    run_ids: dict[str, str],
+) -> None:
+    label = f"run {run.run_id} ({run.run_name or 'unnamed'})"
+    if found is None or got is None:
+        report.add(f"{label}: missing in the target")
+        return
+    if found.incomplete or INCOMPLETE_TAG in got.tags:
+        report.add(f"{label}: only partly written (run unpack again to finish it)")
+    if got.lifecycle_stage != run.lifecycle_stage:
+        report.add(f"{label}: is {got.lifecycle_stage} in the target, {run.lifecycle_stage} here")
+    for key, value in run.params:
+        if got.params.get(key) != _expected_value(value, 6000):
+            report.add(f"{label}: param {key!r} is missing or differs")
+    for key, value in run.tags:
+        if len(key) > 250:
+            continue
+        want = run_ids.get(value, value) if key == _PARENT else _expected_value(value, 8000)
+        if key == "mlflow.runName" and value != run.run_name:
+            continue
+        if got.tags.get(key) != want:
+            report.add(f"{label}: tag {key!r} is missing or differs")
+    for key, count in sorted(points.items()):
+        have = got.points.get(key, 0)
+        if have != count:
+            report.add(f"{label}: metric {key!r} has {have} points in the target, {count} here")
+    for path, size in sorted(files.items()):
+        if got.files.get(path) != size:
+            report.add(f"{label}: artifact {path!r} is missing or has another size")
+
+
+def check_against(
+    archive: str | os.PathLike[str],
+    *,
+    tracking_uri: str | None = None,
+    sink: MlflowSink | None = None,
+    workers: int = 8,
+) -> ProofReport:
+    """Check that ``tracking_uri`` holds everything in ``archive`` (as unpack writes it)."""
+    uri = resolve_tracking_uri(tracking_uri) if sink is None else sink.uri
+    report = ProofReport(os.fspath(archive), redact_uri(uri))
+    with ArchiveReader(archive) as reader:
+        sink = sink or MlflowSink(uri)
+        runs_by_exp: dict[str, list[RunRecord]] = defaultdict(list)
+        for run in reader.runs():
+            runs_by_exp[run.experiment_id].append(run)
+        files: dict[str, dict[str, int]] = defaultdict(dict)
+        for art in reader.artifacts():
+            files[art.run_id][art.path] = art.size
+        points = _distinct_points(reader)
+        found: dict[str, ExistingRun] = {}
+        for exp in reader.experiments():
+            target = sink.find_experiment(exp.name)
+            if target is None:
+                report.add(f"experiment {exp.name!r}: missing in the target")
+                continue
+            if target.lifecycle_stage != exp.lifecycle_stage:
+                report.add(
+                    f"experiment {exp.name!r}: is {target.lifecycle_stage} in the target, "
+                    f"{exp.lifecycle_stage} here"
+                )
+            existing, _ = sink.existing_runs(target.experiment_id)
+            found.update(existing)
+        run_ids = {source: run.run_id for source, run in found.items()}
+        runs = [run for group in runs_by_exp.values() for run in group]
+
+        def fetch(run: RunRecord) -> tuple[RunRecord, RunContents | None]:
+            hit = found.get(run.run_id)
+            return run, (sink.run_contents(hit.run_id) if hit is not None else None)
+
+        for run, got in ordered_map(fetch, runs, workers):
+            check_run(
+                report,
+                run,
+                found.get(run.run_id),
+                got,
+                points.get(run.run_id, {}),
+                files.get(run.run_id, {}),
+                run_ids,
+            )
+            report.runs_checked += 1
+    return report
