@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+_INTERRUPTED = 130
 
 ArchiveArg = Annotated[Path, typer.Argument(help="The archive file (.exim).", show_default=False)]
 TrackingUri = Annotated[
@@ -128,7 +129,9 @@ def unpack(
     """Write an archive into a tracking server (verifies first; safe to run again)."""
     from .unpack import unpack as do_unpack
 
-    report = do_unpack(archive, tracking_uri=tracking_uri, import_source_tags=import_source_tags)
+    report = do_unpack(
+        archive, tracking_uri=tracking_uri, import_source_tags=import_source_tags, say=_say
+    )
     for note in report.notes:
         _say(f"note: {note}")
     if as_json:
@@ -219,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         code = app(args=argv, standalone_mode=False)
+        if code == _INTERRUPTED:  # typer turns Ctrl-C into a silent exit code 130
+            raise KeyboardInterrupt
     except ArchiveError as exc:
         if _state["debug"]:
             traceback.print_exc()
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _say("error: interrupted; run the same command again to finish the job")
-        return 130
+        return _INTERRUPTED
     except (typer.Abort, EOFError):
         _say("error: aborted")
         return 1

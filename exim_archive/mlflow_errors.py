@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .errors import ArchiveError
+from .pool import check_stop
 
 __all__ = ["Caller", "check_reachable", "disable_mlflow_retries", "is_transient"]
 
@@ -117,6 +118,7 @@ class Caller:
         a non-idempotent call did land after all and return its result instead)."""
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
+            check_stop()
             try:
                 return fn()
             except ArchiveError:

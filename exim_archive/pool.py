@@ -3,12 +3,26 @@ which call returns first)."""
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["ordered_map"]
+__all__ = ["Stopped", "check_stop", "ordered_map"]
+
+_STOP = threading.Event()
+
+
+class Stopped(Exception):
+    """Raised in a worker when the job is being stopped (Ctrl-C or another worker's failure)."""
+
+
+def check_stop() -> None:
+    """Called before each slow call: a stopping job starts no new work."""
+    if _STOP.is_set():
+        raise Stopped("stopped")
+
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -20,15 +34,21 @@ def ordered_map(fn: Callable[[A], B], items: Iterable[A], workers: int) -> Itera
     The first exception is raised at its item's turn; items not yet started are cancelled.
     """
     workers = max(1, workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[B]] = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    pending: deque[Future[B]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
+        while pending:
+            yield pending.popleft().result()
+    except BaseException:
+        # Ctrl-C or a failed item: workers finish the call they are in and start no other.
+        _STOP.set()
+        raise
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _STOP.clear()

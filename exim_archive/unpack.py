@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from .progress import Progress
 from .proof import check_against
 from .records import ArtifactRecord, ExperimentRecord, RunRecord
 from .sink import ExistingRun, MlflowSink
+from .target_lock import TargetLock
 from .uri import redact_uri, resolve_tracking_uri
 from .verify import verify
 
@@ -330,6 +331,7 @@ def unpack(
     workers: int = 4,
     progress: bool | None = None,
     check: bool = True,
+    say: Callable[[str], None] = lambda _text: None,
 ) -> UnpackReport:
     """Write the archive's experiments and runs into ``tracking_uri`` (idempotent, resumable),
     then (with ``check``) prove the target holds everything the archive does."""
@@ -340,7 +342,10 @@ def unpack(
         sink = MlflowSink(uri)
         report = UnpackReport(os.fspath(archive), reader.digest, redact_uri(uri))
         try:
-            _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
+            with TargetLock(sink, say) as lock:
+                if lock.note:
+                    report.notes.append(lock.note)
+                _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
         finally:
             report.retries = sink.call.retries
     if check:

@@ -1,0 +1,129 @@
+"""One unpack at a time per target server.
+
+MLflow offers one atomic "create if absent" that can also be removed for good: registering a
+model name. ``unpack`` holds the registered model :data:`LOCK_NAME` while it writes; a second
+unpack waits for it. The holder refreshes a heartbeat tag; a lock whose heartbeat is older than
+:data:`STALE_AFTER` seconds (its holder was killed) is taken over. Where the target has no model
+registry, unpack goes on without the lock and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from .errors import TargetError
+from .sink import MlflowSink
+
+__all__ = ["LOCK_NAME", "TargetLock"]
+
+LOCK_NAME = "mlflow_exim.unpack-lock"
+STALE_AFTER = 120.0
+HEARTBEAT = 20.0
+
+
+class TargetLock:
+    """The target's unpack lock; use as a context manager around the writes."""
+
+    def __init__(self, sink: MlflowSink, say: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.say = say
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held = False
+        self.note: str | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _tags(self) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.sink.client.get_registered_model(LOCK_NAME).tags)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def _try_create(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.sink.client.create_registered_model(
+                LOCK_NAME,
+                tags={"owner": self.owner, "heartbeat": str(time.time())},
+                description="held by exim-archive unpack while it writes; removed when done",
+            )
+            return True
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            raise
+
+    def acquire(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        waited = False
+        while True:
+            try:
+                if self._try_create():
+                    break
+                tags = self._tags()
+            except MlflowException as exc:
+                self.note = f"no unpack lock on this target ({exc.error_code}); not guarded"
+                return
+            if tags is None:
+                continue
+            age = time.time() - float(tags.get("heartbeat", "0") or 0)
+            if age > STALE_AFTER:
+                if self._tags() == tags:  # still the stale holder's: take it over
+                    self._delete()
+                continue
+            if not waited:
+                self.say(f"waiting for another unpack into this target ({tags.get('owner')})")
+                waited = True
+            time.sleep(1.0)
+        self.held = True
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                self.sink.client.set_registered_model_tag(LOCK_NAME, "heartbeat", str(time.time()))
+            except Exception:
+                continue
+
+    def _delete(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.sink.client.delete_registered_model(LOCK_NAME)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        if self.held:
+            tags = self._tags()
+            if tags is not None and tags.get("owner") == self.owner:
+                self._delete()
+            self.held = False
+
+    def __enter__(self) -> TargetLock:
+        try:
+            self.acquire()
+        except Exception as exc:  # translated once, here, like every other target call
+            raise TargetError(
+                f"taking the unpack lock failed: {exc}", where=self.sink.safe_uri
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
