@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,6 +65,25 @@ def _producer() -> dict[str, str]:
     }
 
 
+CHUNK_POINTS = 2_000_000
+CHUNK_RUNS = 500
+
+
+def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
+    """Runs in order, in groups whose histories (by their latest steps) fit in memory at once."""
+    chunk: list[RunRecord] = []
+    points = 0
+    for run in runs:
+        size = sum(max(1, s + 1) for s in run.metric_last_steps)
+        if chunk and (len(chunk) >= CHUNK_RUNS or points + size > CHUNK_POINTS):
+            yield chunk
+            chunk, points = [], 0
+        chunk.append(run)
+        points += size
+    if chunk:
+        yield chunk
+
+
 def pack(
     archive: str | os.PathLike[str],
     *,
@@ -104,17 +124,18 @@ def pack(
         )
         bar = Progress("pack", len(runs), enabled=progress)
 
-        def fetch(run: RunRecord) -> tuple[RunRecord, pa.Table, list[tuple[str, Path]]]:
-            metrics = source.metric_history(run)
+        def fetch(run: RunRecord) -> tuple[RunRecord, list[tuple[str, Path]]]:
             files = source.download_artifacts(run, downloads / run.run_id) if artifacts else []
-            return run, metrics, files
+            return run, files
 
-        for run, metrics, files in ordered_map(fetch, runs, workers):
-            writer.add_run(run, metrics)
-            for path, local in files:
-                writer.add_artifact(run.run_id, path, local)
-            shutil.rmtree(downloads / run.run_id, ignore_errors=True)
-            bar.advance()
+        for chunk in _chunks(runs):
+            histories = source.metric_histories(chunk, workers)
+            for run, files in ordered_map(fetch, chunk, workers):
+                writer.add_run(run, histories.pop(run.run_id))
+                for path, local in files:
+                    writer.add_artifact(run.run_id, path, local)
+                shutil.rmtree(downloads / run.run_id, ignore_errors=True)
+                bar.advance()
         bar.close()
         shutil.rmtree(downloads, ignore_errors=True)
         manifest, digest = writer.finish()

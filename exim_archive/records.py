@@ -69,6 +69,8 @@ class RunRecord:
     tags: Tags = ()
     inputs: tuple[DatasetInputRecord, ...] = ()
     metric_keys: tuple[str, ...] = field(default=(), compare=False)
+    metric_last_steps: tuple[int, ...] = field(default=(), compare=False)
+    """The step of each key's latest point (same order as ``metric_keys``): a size hint."""
     source_json: str = "{}"
 
     @property

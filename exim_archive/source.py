@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.json_format import MessageToDict
 
-from . import tables as T
 from .errors import SourceError
+from .histories import HistoryReader
 from .manifest import canonical_json
 from .mlflow_errors import Caller, check_reachable, disable_mlflow_retries
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
@@ -30,6 +30,11 @@ _PAGE = 50_000
 def _proto_json(entity: Any) -> str:
     raw = MessageToDict(entity.to_proto(), preserving_proto_field_name=True)
     return canonical_json(raw).decode("utf-8").rstrip("\n")
+
+
+def _last_steps(run: Any) -> tuple[int, ...]:
+    steps = {m.key: int(m.step) for m in getattr(run.data, "_metric_objs", [])}
+    return tuple(steps.get(k, 0) for k in sorted(run.data.metrics))
 
 
 def _sorted_tags(items: Any) -> tuple[tuple[str, str], ...]:
@@ -196,37 +201,23 @@ class MlflowSource:
             tags=_sorted_tags(run.data.tags.items()),
             inputs=inputs,
             metric_keys=tuple(sorted(run.data.metrics)),
+            metric_last_steps=_last_steps(run),
             source_json=_proto_json(info),
         )
 
     # -- metric histories -----------------------------------------------------------------------
 
     def metric_history(self, run: RunRecord) -> pa.Table:
-        """Every point of every metric of the run, as a ``metrics`` table slice."""
-        keys: list[str] = []
-        steps: list[int] = []
-        stamps: list[int] = []
-        values: list[float] = []
-        for key in run.metric_keys:
-            history = self.call(
-                f"reading metric {key!r} of run {run.run_id}",
-                partial(self.client.get_metric_history, run.run_id, key),
-            )
-            for m in history:
-                keys.append(key)
-                steps.append(int(m.step))
-                stamps.append(int(m.timestamp))
-                values.append(float(m.value))
-        return pa.table(
-            {
-                "run_id": pa.array([run.run_id] * len(keys), pa.string()),
-                "key": pa.array(keys, pa.string()),
-                "step": pa.array(steps, pa.int64()),
-                "timestamp": pa.array(stamps, pa.int64()),
-                "value": pa.array(values, pa.float64()),
-            },
-            schema=T.METRICS.schema,
-        )
+        """Every point of every metric of the run, one call per key (always complete)."""
+        return self.metric_histories([run], workers=1)[run.run_id]
+
+    def metric_histories(self, runs: list[RunRecord], workers: int) -> dict[str, pa.Table]:
+        """Every point of every metric of the runs, as ``metrics`` table slices per run.
+
+        Bulk reads (up to 100 runs per call and key) where the source has them and they are
+        complete; per run and key where not. See :mod:`.histories`.
+        """
+        return HistoryReader(self, workers).read(runs)
 
     # -- artifacts -------------------------------------------------------------------------------
 

@@ -102,21 +102,21 @@ def test_failed_pack_leaves_no_file(
     uri = new_sqlite("src")
     seed_rich(uri, "f", tmp_path / "art")
     calls = {"n": 0}
-    real = MlflowSource.metric_history
+    real = MlflowSource.download_artifacts
 
-    def dying(self: MlflowSource, run: object) -> object:
+    def dying(self: MlflowSource, run: object, destination: Path) -> object:
         calls["n"] += 1
         if calls["n"] == 3:
             raise SourceError("the server went away", where=uri)
-        return real(self, run)  # type: ignore[arg-type]
+        return real(self, run, destination)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(MlflowSource, "metric_history", dying)
+    monkeypatch.setattr(MlflowSource, "download_artifacts", dying)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(SourceError):
         pack(out / "a.exim", tracking_uri=uri)
     assert list(out.iterdir()) == [], "a failed pack left files behind"
-    monkeypatch.setattr(MlflowSource, "metric_history", real)
+    monkeypatch.setattr(MlflowSource, "download_artifacts", real)
     pack(out / "a.exim", tracking_uri=uri)
     assert [p.name for p in out.iterdir()] == ["a.exim"]
 

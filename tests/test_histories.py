@@ -1,0 +1,56 @@
+"""Bulk metric-history reads are used where complete and abandoned where they could be cut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from conftest import MlflowServer, NewStore
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from exim_archive.histories import BULK_ROW_CAP, HistoryReader
+from exim_archive.source import MlflowSource
+
+
+def _log(uri: str, name: str, runs: int, points: int, step_of: int | None) -> None:
+    c = MlflowClient(uri)
+    exp = c.create_experiment(name)
+    for r in range(runs):
+        run_id = c.create_run(exp, start_time=1).info.run_id
+        ms = [
+            Metric("m", float(i), 1000 + i, i if step_of is None else step_of)
+            for i in range(points)
+        ]
+        for start in range(0, points, 1000):
+            c.log_batch(run_id, metrics=ms[start : start + 1000])
+        c.log_batch(run_id, metrics=[Metric("other", float(r), 1, 0)])
+
+
+@pytest.mark.server
+def test_http_bulk_cap_falls_back_per_run(source_server: MlflowServer, unique: str) -> None:
+    # Every point at step 0: the size hint says 1 point per run, so both runs go into one bulk
+    # call, whose 25,000-row cap would silently cut the 30,000 points.
+    _log(source_server.url, f"{unique} capped", runs=2, points=15_000, step_of=0)
+    source = MlflowSource(source_server.url)
+    exp = source.experiments([f"{unique} capped"])
+    runs = source.runs([e.experiment_id for e in exp])
+    reader = HistoryReader(source, workers=2)
+    tables = reader.read(runs)
+    assert reader.fallbacks == 1 and reader.bulk_calls >= 1
+    for run in runs:
+        table = tables[run.run_id]
+        assert table.filter(pc.equal(table["key"], "m")).num_rows == 15_000
+    assert sum(t.num_rows for t in tables.values()) == 2 * 15_000 + 2 > BULK_ROW_CAP
+
+
+def test_database_bulk_reads_everything(new_sqlite: NewStore, tmp_path: Path) -> None:
+    uri = new_sqlite("src")
+    _log(uri, "many", runs=120, points=30, step_of=None)
+    source = MlflowSource(uri)
+    runs = source.runs([e.experiment_id for e in source.experiments(["many"])])
+    reader = HistoryReader(source, workers=4)
+    tables = reader.read(runs)
+    assert reader.fallbacks == 0 and reader.bulk_calls == 4  # 2 keys x ceil(120 / 100)
+    assert sorted(t.num_rows for t in tables.values()) == [31] * 120
