@@ -42,6 +42,7 @@ RUN_TAG_VALUE_LIMIT = 8000
 PARAM_VALUE_LIMIT = 6000
 EXPERIMENT_TAG_VALUE_LIMIT = 20000
 EXPERIMENT_NAME_LIMIT = 500
+METRIC_SLICE = 50_000
 
 
 @dataclass
@@ -224,7 +225,9 @@ class _Unpacker:
             self.sink.restore_run(new_id)
         self.sink.log_params_and_tags(new_id, self.params(run), self.late_tags(run))
         if points is not None and points.num_rows:
-            self.sink.log_metrics(new_id, points)
+            # Slices keep Python objects for one slice at a time, however long the history.
+            for offset in range(0, points.num_rows, METRIC_SLICE):
+                self.sink.log_metrics(new_id, points.slice(offset, METRIC_SLICE))
         self.sink.log_inputs(new_id, run.inputs)
         arts = self.artifacts.get(run.run_id, [])
         if arts:
