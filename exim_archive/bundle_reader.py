@@ -2,13 +2,21 @@
 
 Opening reads ``manifest.json`` first (version dispatch lives in :mod:`.manifest`) and checks it
 against ``manifest.sha256``. Tables are read straight out of the archive, one row group at a time
-for metrics; member hashes are checked by :mod:`.verify`, which ``unpack`` runs before it writes.
+for metrics. No Parquet byte is parsed before the member's SHA-256 was checked against the manifest
+(once per reader; the hashed buffer is the parsed one), and a footer that declares more than a
+writer of the format ever writes is refused before any data is decoded. Artifact bytes are capped
+at their declared size while they are decompressed; :mod:`.verify` checks everything else, and
+``unpack`` runs it before it writes.
+
+Every failure is an :class:`~.errors.ArchiveFormatError` naming the file and member: pyarrow,
+zstandard and OS errors are translated here, never let through.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,21 +26,57 @@ import pyarrow.parquet as pq
 import zstandard
 
 from . import tables as T
-from .container import Container, open_container
+from .container import Container, open_container, show_name
 from .errors import ArchiveFormatError
 from .manifest import (
     MANIFEST_DIGEST_MEMBER,
     MANIFEST_MEMBER,
     MAX_MANIFEST_BYTES,
     Manifest,
+    MemberEntry,
     parse_digest_line,
     parse_manifest,
 )
 from .records import ArtifactRecord, DatasetInputRecord, ExperimentRecord, RunRecord
 
-__all__ = ["ArchiveReader"]
+__all__ = ["ArchiveReader", "artifact_path_problem", "schema_problem"]
 
-_PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError)
+_PARQUET_ERRORS = (
+    pa.ArrowException,
+    OSError,
+    ValueError,  # UnicodeDecodeError included
+    IndexError,
+    KeyError,
+    TypeError,
+    OverflowError,
+    NotImplementedError,
+    MemoryError,
+)
+_ZSTD_ERRORS = (zstandard.ZstdError, OSError, ValueError, MemoryError)
+
+MAX_ROW_GROUP_ROWS = 1 << 22
+"""Rows in one Parquet row group; the writer writes 65,536."""
+MAX_ROW_GROUP_BYTES = 1 << 31
+"""Uncompressed bytes one Parquet row group may declare (2 GiB): read one at a time."""
+MAX_ROW_GROUPS = 1 << 20
+
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def artifact_path_problem(path: str) -> str | None:
+    """Why an artifact path could escape or break a destination folder, or None."""
+    if not path or len(path.encode("utf-8", "surrogatepass")) > 4096:
+        return "is empty or longer than 4096 bytes"
+    if "\x00" in path or "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "contains a NUL, backslash or control character"
+    if path.startswith("/") or _DRIVE.match(path):
+        return "is absolute"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return "has an empty, '.' or '..' component"
+        if len(part.encode("utf-8", "surrogatepass")) > 255:
+            return "has a component longer than 255 bytes"
+    return None
 
 
 class ArchiveReader:
@@ -50,19 +94,29 @@ class ArchiveReader:
                         hint="it is not an exim archive, or it is damaged",
                     )
             raw = self.container.read(MANIFEST_MEMBER, MAX_MANIFEST_BYTES)
-            declared = parse_digest_line(self.container.read(MANIFEST_DIGEST_MEMBER, 4096))
-            actual = hashlib.sha256(raw).hexdigest()
-            if actual != declared:
-                raise ArchiveFormatError(
-                    "does not match manifest.sha256",
-                    where=self.container.where(MANIFEST_MEMBER),
-                    hint="the archive was damaged in transit; re-copy it",
-                )
+            try:
+                declared = parse_digest_line(self.container.read(MANIFEST_DIGEST_MEMBER, 4096))
+                actual = hashlib.sha256(raw).hexdigest()
+                if actual != declared:
+                    raise ArchiveFormatError(
+                        "does not match manifest.sha256",
+                        where=f"member {MANIFEST_MEMBER}",
+                        hint="the archive was damaged in transit; re-copy it",
+                    )
+                self.manifest: Manifest = parse_manifest(raw)
+            except ArchiveFormatError as exc:
+                # the manifest module does not know the file: put it in front, keep the class
+                raise type(exc)(
+                    exc.message,
+                    where=f"{self.path}: {exc.where}" if exc.where else self.path,
+                    hint=exc.hint,
+                ) from None
             self.digest = actual
-            self.manifest: Manifest = parse_manifest(raw)
         except BaseException:
             self.container.close()
             raise
+        self._listed: dict[str, MemberEntry] = {m.path: m for m in self.manifest.members}
+        self._verified: set[str] = set()
 
     def close(self) -> None:
         self.container.close()
@@ -83,23 +137,62 @@ class ArchiveReader:
             )
         return entry.members
 
-    def parquet_file(self, spec: T.TableSpec, member: str) -> pq.ParquetFile:
-        """Open one Parquet member and check it has the spec's schema."""
+    def listed(self, member: str) -> MemberEntry:
+        """The manifest's entry for a member that must be in the archive, or an error."""
         where = self.container.where(member)
+        entry = self._listed.get(member)
+        if entry is None:
+            raise ArchiveFormatError(
+                "is not listed in manifest.json", where=where, hint="refusing to read it"
+            )
         if not self.container.has(member):
             raise ArchiveFormatError(
-                "is listed but missing", where=where, hint="re-copy the archive"
+                "is listed in manifest.json but missing", where=where, hint="re-copy the archive"
             )
+        if self.container.size(member) != entry.size:
+            raise ArchiveFormatError(
+                f"is {self.container.size(member)} bytes, manifest.json says {entry.size}",
+                where=where,
+                hint="the archive is damaged; re-copy it",
+            )
+        return entry
+
+    def note_verified(self, member: str) -> None:
+        """Record that ``member``'s bytes were checked against the manifest (by ``verify``)."""
+        self._verified.add(member)
+
+    def checked_buffer(self, member: str) -> pa.Buffer:
+        """The member's bytes, checked against the manifest's size and SHA-256 before use."""
+        entry = self.listed(member)
+        buf = self.container.arrow_buffer(member)
+        if member not in self._verified:
+            if hashlib.sha256(memoryview(buf)).hexdigest() != entry.sha256:
+                raise ArchiveFormatError(
+                    "sha256 does not match manifest.json (damaged in transit?)",
+                    where=self.container.where(member),
+                    hint="re-copy the archive",
+                )
+            self._verified.add(member)
+        return buf
+
+    def parquet_file(self, spec: T.TableSpec, member: str) -> pq.ParquetFile:
+        """Open one Parquet member and check its footer and that it has the spec's schema."""
+        where = self.container.where(member)
+        buf = self.checked_buffer(member)
         try:
-            pf = pq.ParquetFile(self.container.arrow_file(member))
+            pf = pq.ParquetFile(pa.BufferReader(buf))
             schema = pf.schema_arrow
+            problem = schema_problem(spec, schema) or _footer_problem(pf.metadata)
         except _PARQUET_ERRORS as exc:
             raise ArchiveFormatError(
-                f"is not a readable Parquet file ({exc})", where=where, hint="re-copy the archive"
+                f"is not a readable Parquet file ({_reason(exc)})",
+                where=where,
+                hint="re-copy the archive",
             ) from None
-        problem = schema_problem(spec, schema)
         if problem:
-            raise ArchiveFormatError(problem, where=where)
+            raise ArchiveFormatError(
+                problem, where=where, hint="refusing a damaged or hostile file"
+            )
         return pf
 
     def read_table(self, spec: T.TableSpec) -> pa.Table:
@@ -108,10 +201,12 @@ class ArchiveReader:
         for member in self.table_members(spec.name):
             pf = self.parquet_file(spec, member)
             try:
-                parts.append(pf.read().cast(spec.schema))
+                table = pf.read()
+                table.validate(full=True)
+                parts.append(table.cast(spec.schema))
             except _PARQUET_ERRORS as exc:
                 raise ArchiveFormatError(
-                    f"cannot be decoded ({exc})", where=self.container.where(member)
+                    f"cannot be decoded ({_reason(exc)})", where=self.container.where(member)
                 ) from None
         if not parts:
             return spec.schema.empty_table()
@@ -121,13 +216,17 @@ class ArchiveReader:
         """Metric points in archive order, one row group at a time."""
         for member in self.table_members(T.METRICS.name):
             pf = self.parquet_file(T.METRICS, member)
-            try:
-                for i in range(pf.num_row_groups):
-                    yield from pf.read_row_group(i).cast(T.METRICS.schema).to_batches()
-            except _PARQUET_ERRORS as exc:
-                raise ArchiveFormatError(
-                    f"cannot be decoded ({exc})", where=self.container.where(member)
-                ) from None
+            for i in range(pf.num_row_groups):
+                try:
+                    group = pf.read_row_group(i)
+                    group.validate(full=True)
+                    batches = group.cast(T.METRICS.schema).to_batches()
+                except _PARQUET_ERRORS as exc:
+                    raise ArchiveFormatError(
+                        f"row group {i} cannot be decoded ({_reason(exc)})",
+                        where=self.container.where(member),
+                    ) from None
+                yield from batches
 
     def iter_run_metrics(self) -> Iterator[tuple[str, pa.Table]]:
         """``(run_id, points)`` for each run with metrics, in archive (run_id) order."""
@@ -217,53 +316,84 @@ class ArchiveReader:
     def iter_artifact_bytes(self, record: ArtifactRecord) -> Iterator[bytes]:
         """The artifact's original bytes, decompressed with a hard cap at its declared size."""
         where = self.container.where(record.member)
-        if not self.container.has(record.member):
+        if record.member not in self._listed or not self.container.has(record.member):
             raise ArchiveFormatError(
-                "is referenced by the artifacts table but missing", where=where
+                "is referenced by the artifacts table but not in the archive",
+                where=where,
+                hint="the archive is damaged or hostile",
             )
         if record.compression == "none":
-            yield from self.container.iter_chunks(record.member)
-            return
-        if record.compression != "zstd":
-            raise ArchiveFormatError(f"has unknown compression {record.compression!r}", where=where)
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            self.container.open(record.member), closefd=True
-        )
+            chunks = self.container.iter_chunks(record.member)
+        elif record.compression == "zstd":
+            chunks = self._zstd_chunks(record.member, where)
+        else:
+            raise ArchiveFormatError(
+                f"has unknown compression {show_name(record.compression)}", where=where
+            )
         produced = 0
+        for chunk in chunks:
+            produced += len(chunk)
+            if produced > record.size:
+                raise ArchiveFormatError(
+                    f"expands past its declared size of {record.size} bytes",
+                    where=where,
+                    hint="refusing a damaged or hostile archive",
+                )
+            yield chunk
+
+    def _zstd_chunks(self, member: str, where: str) -> Iterator[bytes]:
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                self.container.open(member), closefd=True
+            )
+        except _ZSTD_ERRORS as exc:
+            raise ArchiveFormatError(f"cannot be read ({_reason(exc)})", where=where) from None
         try:
             while True:
                 try:
                     chunk = reader.read(1 << 20)
-                except zstandard.ZstdError as exc:
+                except _ZSTD_ERRORS as exc:
                     raise ArchiveFormatError(
-                        f"is not valid zstd data ({exc})", where=where
+                        f"is not valid zstd data ({_reason(exc)})",
+                        where=where,
+                        hint="the archive is damaged; re-copy it",
                     ) from None
                 if not chunk:
-                    break
-                produced += len(chunk)
-                if produced > record.size:
-                    raise ArchiveFormatError(
-                        f"expands past its declared size of {record.size} bytes",
-                        where=where,
-                        hint="refusing a damaged or hostile archive",
-                    )
+                    return
                 yield chunk
         finally:
             reader.close()
 
     def extract_artifact(self, record: ArtifactRecord, destination: Path) -> None:
         """Write one artifact file, checking its size and SHA-256 against the table."""
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        problem = artifact_path_problem(record.path)
+        if problem:
+            raise ArchiveFormatError(
+                f"artifact {show_name(record.path)} of run {show_name(record.run_id)}: path "
+                f"{problem}",
+                where=self.container.where(record.member),
+                hint="refusing a hostile archive",
+            )
         digest = hashlib.sha256()
         size = 0
-        with open(destination, "wb") as out:
-            for chunk in self.iter_artifact_bytes(record):
-                digest.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with open(destination, "wb") as out:
+                for chunk in self.iter_artifact_bytes(record):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ArchiveFormatError(
+                f"artifact {show_name(record.path)} of run {show_name(record.run_id)} clashes "
+                f"with another artifact of the run ({exc.strerror})",
+                where=self.container.where(record.member),
+                hint="refusing a hostile archive",
+            ) from None
         if size != record.size or digest.hexdigest() != record.sha256:
             raise ArchiveFormatError(
-                f"artifact {record.path!r} of run {record.run_id} does not match its size/sha256",
+                f"artifact {show_name(record.path)} of run {show_name(record.run_id)} does not "
+                "match its size/sha256",
                 where=self.container.where(record.member),
                 hint="the archive is damaged; re-copy it",
             )
@@ -274,15 +404,52 @@ def schema_problem(spec: T.TableSpec, schema: pa.Schema) -> str | None:
     meta = schema.metadata or {}
     table = meta.get(b"exim.table", b"").decode("utf-8", "replace")
     if table != spec.name:
-        return f"says it holds table {table!r}, expected {spec.name!r}"
+        return f"says it holds table {table[:80]!r}, expected {spec.name!r}"
+    version = meta.get(b"exim.schema_version", b"").decode("utf-8", "replace")
+    if version.split(".")[0] != T.SCHEMA_VERSION.split(".")[0]:
+        return f"has schema version {version[:20]!r}, this reader reads {T.SCHEMA_VERSION}"
     if schema.names != spec.schema.names:
-        return f"has columns {schema.names}, the spec says {spec.schema.names}"
+        shown = [show_name(n) for n in schema.names[:20]]
+        return f"has columns {shown}, the spec says {spec.schema.names}"
     for got, want in zip(schema, spec.schema, strict=True):
         if not got.type.equals(want.type):
             return f"column {got.name} has type {got.type}, the spec says {want.type}"
         if got.nullable and not want.nullable:
             return f"column {got.name} is nullable, the spec says it is not"
     return None
+
+
+def _footer_problem(meta: pq.FileMetaData) -> str | None:
+    """Why a Parquet footer declares more than a writer of the format writes, or None.
+
+    Only row-group fields are read: pyarrow 25 aborts the whole process (an uncatchable C++
+    exception) when ``RowGroupMetaData.column(j)`` meets damaged column statistics, while the
+    readers raise a normal error for the same bytes.
+    """
+    if meta.num_row_groups > MAX_ROW_GROUPS:
+        return f"declares {meta.num_row_groups} row groups, more than the {MAX_ROW_GROUPS} allowed"
+    total = 0
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        if not 0 <= group.num_rows <= MAX_ROW_GROUP_ROWS:
+            return f"row group {i} declares {group.num_rows} rows, outside 0..{MAX_ROW_GROUP_ROWS}"
+        if not 0 <= group.total_byte_size <= MAX_ROW_GROUP_BYTES:
+            return (
+                f"row group {i} declares {group.total_byte_size} uncompressed bytes, outside "
+                f"0..{MAX_ROW_GROUP_BYTES}"
+            )
+        total += group.num_rows
+    if total != meta.num_rows:
+        return f"declares {meta.num_rows} rows, its row groups hold {total}"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a short single-line reason."""
+    if isinstance(exc, MemoryError):
+        return "it needs more memory than is available"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _grouped(table: pa.Table, column: str) -> dict[str, list[tuple[str, str]]]:

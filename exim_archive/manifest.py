@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .container import check_member_name, show_name
 from .errors import ArchiveFormatError, UnsupportedVersionError
 
 __all__ = [
@@ -41,8 +42,8 @@ MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 KNOWN_FEATURES: frozenset[str] = frozenset()
 """Features this reader understands. Format 1.0 defines none; newer writers may add some."""
 
-_VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -59,19 +60,19 @@ def digest_line(manifest_bytes: bytes) -> bytes:
 
 
 def parse_digest_line(data: bytes) -> str:
-    """The hex digest in a ``manifest.sha256`` member, or an error saying what is wrong."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        text = ""
-    parts = text.rstrip("\n").split("  ")
-    if len(parts) != 2 or parts[1] != MANIFEST_MEMBER or not _SHA_RE.match(parts[0]):
+    """The hex digest in a ``manifest.sha256`` member, or an error saying what is wrong.
+
+    The member is exactly what :func:`digest_line` writes: 64 lowercase hex digits, two spaces,
+    ``manifest.json`` and one newline.
+    """
+    digest = data[:64].decode("ascii", "replace")
+    if data != f"{digest}  {MANIFEST_MEMBER}\n".encode() or not _SHA_RE.fullmatch(digest):
         raise ArchiveFormatError(
-            "is not '<sha256>  manifest.json'",
+            "is not '<sha256>  manifest.json' and a newline",
             where=f"member {MANIFEST_DIGEST_MEMBER}",
             hint="the archive is damaged; re-copy it",
         )
-    return parts[0]
+    return digest
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,11 @@ class Manifest:
         return canonical_json(self.to_json())
 
 
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _fail(message: str) -> ArchiveFormatError:
     return ArchiveFormatError(
         message, where=f"member {MANIFEST_MEMBER}", hint="the archive is damaged or not ours"
@@ -151,18 +157,38 @@ def _fail(message: str) -> ArchiveFormatError:
 
 def _get(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in obj:
-        raise _fail(f"{where}: field '{key}' is missing")
+        raise _fail(f"{where}: field {_show(key)} is missing")
     value = obj[key]
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise _fail(f"{where}: field '{key}' has the wrong type ({type(value).__name__})")
+        raise _fail(f"{where}: field {_show(key)} has the wrong type ({type(value).__name__})")
     return value
 
 
 def _count(obj: Mapping[str, Any], key: str, where: str) -> int:
     value: int = _get(obj, key, int, where)
     if value < 0:
-        raise _fail(f"{where}: field '{key}' is negative")
+        raise _fail(f"{where}: field {_show(key)} is negative")
     return value
+
+
+def _check_path(path: str, where: str) -> None:
+    problem = check_member_name(path)
+    if problem:
+        raise _fail(f"{where}: {problem}")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (parsers differ on which one wins)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {show_name(key)} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_v1(doc: Mapping[str, Any], version: str) -> Manifest:
@@ -172,17 +198,21 @@ def _parse_v1(doc: Mapping[str, Any], version: str) -> Manifest:
         if not isinstance(raw, dict):
             raise _fail(f"{where} is not an object")
         sha = _get(raw, "sha256", str, where)
-        if not _SHA_RE.match(sha):
+        if not _SHA_RE.fullmatch(sha):
             raise _fail(f"{where}: sha256 is not 64 lowercase hex digits")
-        members.append(MemberEntry(_get(raw, "path", str, where), _count(raw, "size", where), sha))
+        path: str = _get(raw, "path", str, where)
+        _check_path(path, where)
+        members.append(MemberEntry(path, _count(raw, "size", where), sha))
     tables = {}
     for name, raw in _get(doc, "tables", dict, "manifest").items():
-        where = f"tables.{name}"
+        where = f"tables.{show_name(name)}"
         if not isinstance(raw, dict):
             raise _fail(f"{where} is not an object")
         parts = _get(raw, "members", list, where)
         if not all(isinstance(p, str) for p in parts):
             raise _fail(f"{where}: members must be strings")
+        for part in parts:
+            _check_path(part, where)
         tables[name] = TableEntry(
             name, tuple(parts), _count(raw, "rows", where), _get(raw, "schema_version", str, where)
         )
@@ -231,16 +261,19 @@ _PARSERS: dict[int, Callable[[Mapping[str, Any], str], Manifest]] = {1: _parse_v
 def parse_manifest(data: bytes) -> Manifest:
     """Parse ``manifest.json``: the version first, then the parser for that major version."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _fail(f"is not valid UTF-8 JSON ({exc})") from None
+        doc = json.loads(
+            data.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant
+        )
+    except (ValueError, RecursionError, MemoryError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise _fail(f"is not valid UTF-8 JSON ({reason})") from None
     if not isinstance(doc, dict):
         raise _fail("is not a JSON object")
     if doc.get("format") != FORMAT_NAME:
-        raise _fail(f"field 'format' is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise _fail(f"field 'format' is {_show(doc.get('format'))}, expected {FORMAT_NAME!r}")
     version = doc.get("format_version")
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
-        raise _fail(f"field 'format_version' is {version!r}, expected MAJOR.MINOR")
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise _fail(f"field 'format_version' is {_show(version)}, expected MAJOR.MINOR")
     major = int(version.split(".")[0])
     parser = _PARSERS.get(major)
     if parser is None:
@@ -255,7 +288,8 @@ def parse_manifest(data: bytes) -> Manifest:
     unknown = [name for name, must in manifest.features if must and name not in KNOWN_FEATURES]
     if unknown:
         raise UnsupportedVersionError(
-            f"needs feature(s) {', '.join(sorted(unknown))} that this exim-archive does not "
+            f"needs feature(s) {', '.join(show_name(n) for n in sorted(unknown))} that this "
+            "exim-archive does not "
             "understand",
             where=f"member {MANIFEST_MEMBER}",
             hint="upgrade exim-archive to read it",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import tables as T
-from .bundle_reader import ArchiveReader
+from .bundle_reader import ArchiveReader, artifact_path_problem
+from .container import show_name
 from .errors import ArchiveFormatError
 from .manifest import MANIFEST_DIGEST_MEMBER, MANIFEST_MEMBER
 from .progress import Progress
@@ -26,7 +28,16 @@ from .progress import Progress
 __all__ = ["VerifyReport", "artifact_path_problem", "verify"]
 
 MAX_PROBLEMS = 100
-_DRIVE = re.compile(r"^[A-Za-z]:")
+_HOSTILE = "the archive is damaged or hostile; re-pack it from the source"
+_SHA = re.compile(r"[0-9a-f]{64}")
+_LIFECYCLE = ("active", "deleted")
+_RUN_STATUS = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+_ALLOWED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "experiments": (("lifecycle_stage", _LIFECYCLE),),
+    "runs": (("lifecycle_stage", _LIFECYCLE), ("status", _RUN_STATUS)),
+    "artifacts": (("compression", ("none", "zstd")),),
+}
+"""Columns whose values MLflow (or the reader) accepts from a fixed set."""
 
 
 @dataclass(frozen=True)
@@ -44,35 +55,22 @@ class VerifyReport:
         return not self.problems
 
     def raise_if_failed(self) -> None:
-        if self.problems:
-            more = (
-                f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
-            )
-            raise ArchiveFormatError(
-                f"failed verification: {self.problems[0]}{more}",
-                where=self.archive,
-                hint="run 'exim-archive verify' for the full list; re-copy or re-pack the archive",
-            )
-
-
-def artifact_path_problem(path: str) -> str | None:
-    """Why an artifact path could escape or break a destination folder, or None."""
-    if not path or len(path.encode("utf-8", "surrogatepass")) > 4096:
-        return "is empty or longer than 4096 bytes"
-    if "\x00" in path or "\\" in path or any(ord(c) < 32 for c in path):
-        return "contains a NUL, backslash or control character"
-    if path.startswith("/") or _DRIVE.match(path):
-        return "is absolute"
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            return "has an empty, '.' or '..' component"
-        if len(part.encode("utf-8", "surrogatepass")) > 255:
-            return "has a component longer than 255 bytes"
-    return None
+        """Raise when there are problems: the opening error itself (class and exit code kept)
+        when the archive could not even be opened, else one error summing up the problems."""
+        if not self.problems:
+            return
+        if self.format_version is None:
+            ArchiveReader(self.archive).close()  # raises the precise error, e.g. a newer version
+        more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+        raise ArchiveFormatError(
+            f"{self.problems[0]}{more}",
+            hint="nothing was written; 'exim-archive verify' lists every problem",
+        )
 
 
 class _Problems(list[str]):
     def add(self, text: str) -> None:
+        text = " ".join(text.split())
         if len(self) < MAX_PROBLEMS:
             self.append(text)
         elif len(self) == MAX_PROBLEMS:
@@ -87,10 +85,14 @@ def verify(archive: str | os.PathLike[str], *, progress: bool | None = None) -> 
         reader = ArchiveReader(path)
     except ArchiveFormatError as exc:
         return VerifyReport(path, None, None, 0, [str(exc)])
+    checked = 0
     with reader:
-        checked = _check_members(reader, problems, progress)
-        if not problems:
-            _check_tables(reader, problems)
+        try:
+            checked = _check_members(reader, problems, progress)
+            if not problems:
+                _check_tables(reader, problems)
+        except ArchiveFormatError as exc:
+            problems.add(str(exc))
         return VerifyReport(
             path, reader.digest, reader.manifest.format_version, checked, list(problems)
         )
@@ -98,30 +100,58 @@ def verify(archive: str | os.PathLike[str], *, progress: bool | None = None) -> 
 
 def _check_members(reader: ArchiveReader, problems: _Problems, progress: bool | None) -> int:
     container, manifest = reader.container, reader.manifest
+    about = container.where(MANIFEST_MEMBER)
     listed = [m.path for m in manifest.members]
-    if len(set(listed)) != len(listed):
-        problems.add("manifest.json lists a member twice")
+    seen: set[str] = set()
+    for name in listed:
+        if name in seen:
+            problems.add(f"{about}: lists member {show_name(name)} twice; {_HOSTILE}")
+        if name in (MANIFEST_MEMBER, MANIFEST_DIGEST_MEMBER):
+            problems.add(
+                f"{about}: lists itself or {MANIFEST_DIGEST_MEMBER} as a member; {_HOSTILE}"
+            )
+        seen.add(name)
     present = set(container.names()) - {MANIFEST_MEMBER, MANIFEST_DIGEST_MEMBER}
-    for name in sorted(present - set(listed)):
-        problems.add(f"member {name} is present but not listed in manifest.json")
+    for name in sorted(present - seen):
+        problems.add(
+            f"{container.where(name)}: is present but not listed in manifest.json; "
+            "refusing an archive with unaccounted content"
+        )
+    owner: dict[str, str] = {}
+    for table in sorted(manifest.tables.values(), key=lambda t: t.name):
+        for name in table.members:
+            if name not in seen:
+                problems.add(
+                    f"{about}: table {show_name(table.name)} has member {show_name(name)}, "
+                    f"which is not in the member list; {_HOSTILE}"
+                )
+            if name in owner:
+                problems.add(
+                    f"{about}: member {show_name(name)} belongs to table "
+                    f"{show_name(owner[name])} and again to {show_name(table.name)}; {_HOSTILE}"
+                )
+            owner[name] = table.name
     bar = Progress("verify", len(manifest.members), enabled=progress)
     checked = 0
     for entry in manifest.members:
         bar.advance()
+        where = container.where(entry.path)
         if not container.has(entry.path):
-            problems.add(f"member {entry.path} is listed in manifest.json but missing")
+            problems.add(f"{where}: is listed in manifest.json but missing; re-copy the archive")
             continue
         if container.size(entry.path) != entry.size:
             problems.add(
-                f"member {entry.path} is {container.size(entry.path)} bytes, "
-                f"manifest.json says {entry.size}"
+                f"{where}: is {container.size(entry.path)} bytes, manifest.json says "
+                f"{entry.size}; re-copy the archive"
             )
             continue
         digest = hashlib.sha256()
         for chunk in container.iter_chunks(entry.path):
             digest.update(chunk)
         if digest.hexdigest() != entry.sha256:
-            problems.add(f"member {entry.path}: sha256 mismatch (damaged in transit?); re-copy it")
+            problems.add(f"{where}: sha256 mismatch (damaged in transit?); re-copy the archive")
+        else:
+            reader.note_verified(entry.path)
         checked += 1
     bar.close()
     return checked
@@ -129,19 +159,16 @@ def _check_members(reader: ArchiveReader, problems: _Problems, progress: bool | 
 
 def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
     manifest = reader.manifest
-    listed = {m.path for m in manifest.members}
+    about = reader.container.where(MANIFEST_MEMBER)
     loaded: dict[str, pa.Table] = {}
     for spec in T.TABLES.values():
         entry = manifest.tables.get(spec.name)
         if entry is None:
-            problems.add(f"manifest.json lists no table {spec.name}")
+            problems.add(f"{about}: lists no table {spec.name}; {_HOSTILE}")
             continue
-        for member in entry.members:
-            if member not in listed:
-                problems.add(f"table {spec.name}: member {member} is not in the member list")
         try:
             if spec is T.METRICS:
-                rows = sum(len(b) for b in reader.iter_metric_batches())
+                rows = _metric_rows(reader, problems)
             else:
                 loaded[spec.name] = reader.read_table(spec)
                 rows = loaded[spec.name].num_rows
@@ -149,25 +176,90 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
             problems.add(str(exc))
             continue
         if rows != entry.rows:
-            problems.add(f"table {spec.name} has {rows} rows, manifest.json says {entry.rows}")
+            problems.add(
+                f"{about}: table {spec.name} has {rows} rows, manifest.json says {entry.rows}; "
+                f"{_HOSTILE}"
+            )
     if problems:
         return
     for spec in T.TABLES.values():
         if spec.primary_key and spec.name in loaded:
-            _check_unique(spec, loaded[spec.name], problems)
+            _check_unique(reader, spec, loaded[spec.name], problems)
+    _check_values(reader, loaded, problems)
     _check_references(reader, loaded, problems)
     _check_counts(reader, loaded, problems)
-    _check_artifacts(reader, loaded["artifacts"], problems)
+    if not problems:
+        _check_artifacts(reader, problems)
 
 
-def _check_unique(spec: T.TableSpec, table: pa.Table, problems: _Problems) -> None:
+def _metric_rows(reader: ArchiveReader, problems: _Problems) -> int:
+    """Count metric points, checking they come grouped by run in ``run_id`` order."""
+    rows = 0
+    last: str | None = None
+    for batch in reader.iter_metric_batches():
+        rows += len(batch)
+        if not len(batch):
+            continue
+        run_ids = batch.column("run_id")
+        first = run_ids[0].as_py()
+        unordered = last is not None and first < last
+        if len(batch) > 1:
+            unordered = (
+                unordered
+                or pc.any(pc.less(run_ids.slice(1), run_ids.slice(0, len(batch) - 1))).as_py()
+            )
+        if unordered:
+            problems.add(
+                f"{reader.container.where(MANIFEST_MEMBER)}: table metrics is not sorted by "
+                f"run_id (a run's points must come together); {_HOSTILE}"
+            )
+            break
+        last = run_ids[len(batch) - 1].as_py()
+    return rows
+
+
+def _table_where(reader: ArchiveReader, name: str) -> str:
+    members = reader.manifest.tables[name].members
+    return reader.container.where(members[0]) if len(members) == 1 else f"table {name}"
+
+
+def _check_unique(
+    reader: ArchiveReader, spec: T.TableSpec, table: pa.Table, problems: _Problems
+) -> None:
     if table.num_rows == 0:
         return
     counts = table.group_by(list(spec.primary_key)).aggregate([([], "count_all")])
     dupes = counts.filter(pc.greater(counts["count_all"], 1))
     for row in dupes.slice(0, 5).to_pylist():
-        key = ", ".join(f"{k}={row[k]!r}" for k in spec.primary_key)
-        problems.add(f"table {spec.name}: key ({key}) appears {row['count_all']} times")
+        key = ", ".join(f"{k}={_q(row[k])}" for k in spec.primary_key)
+        problems.add(
+            f"{_table_where(reader, spec.name)}: key ({key}) appears {row['count_all']} times; "
+            f"{_HOSTILE}"
+        )
+
+
+def _check_values(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems) -> None:
+    for name, columns in _ALLOWED.items():
+        for column, allowed in columns:
+            values = pc.unique(loaded[name][column]).to_pylist()
+            for value in sorted(v for v in values if v not in allowed)[:5]:
+                problems.add(
+                    f"{_table_where(reader, name)}: column {column} holds {_q(value)}, "
+                    f"not one of {', '.join(allowed)}; {_HOSTILE}"
+                )
+    names = loaded["experiments"]["name"]
+    counts = pc.value_counts(names)
+    for item in counts.filter(pc.greater(counts.field("counts"), 1)).to_pylist()[:5]:
+        problems.add(
+            f"{_table_where(reader, 'experiments')}: experiment name {_q(item['values'])} "
+            f"appears {item['counts']} times (names are unique in MLflow); {_HOSTILE}"
+        )
+
+
+def _q(value: object) -> str:
+    """A value from the archive, quoted and cut short for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _missing(values: pa.Array | pa.ChunkedArray, allowed: pa.Array) -> list[str]:
@@ -191,8 +283,8 @@ def _check_references(
                 missing = _missing(loaded[spec.name][column], allowed)
             for value in missing:
                 problems.add(
-                    f"table {spec.name}: {column} {value!r} is not in table {target} "
-                    "(a row that belongs to nothing in the archive)"
+                    f"{_table_where(reader, spec.name)}: {column} {_q(value)} is not in "
+                    f"table {target} (a row that belongs to nothing in the archive); {_HOSTILE}"
                 )
 
 
@@ -205,26 +297,49 @@ def _check_counts(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: 
         "tags": lambda: loaded["run_tags"].num_rows,
         "artifacts": lambda: loaded["artifacts"].num_rows,
     }
+    about = reader.container.where(MANIFEST_MEMBER)
     for name, actual in expected.items():
         if name in counts and counts[name] != actual():
-            problems.add(f"manifest.json counts {counts[name]} {name}, the tables hold {actual()}")
+            problems.add(
+                f"{about}: counts {counts[name]} {name}, the tables hold {actual()}; {_HOSTILE}"
+            )
 
 
-def _check_artifacts(reader: ArchiveReader, table: pa.Table, problems: _Problems) -> None:
+def _check_artifacts(reader: ArchiveReader, problems: _Problems) -> None:
     listed = {m.path for m in reader.manifest.members}
-    decoded: dict[str, tuple[int, str]] = {}
+    for name in sorted(listed):
+        if name.startswith("blobs/") and name.endswith(".zst") and name[:-4] in listed:
+            problems.add(
+                f"{reader.container.where(name)}: is stored both compressed and as "
+                f"{show_name(name[:-4])} (a content has one blob); {_HOSTILE}"
+            )
+    decoded: dict[str, tuple[int, str] | None] = {}
+    paths: dict[str, set[str]] = defaultdict(set)
+    where = _table_where(reader, "artifacts")
     for record in reader.artifacts():
-        label = f"artifact {record.path!r} of run {record.run_id}"
+        what = f"artifact {_q(record.path)} of run {_q(record.run_id)}"
+        label = f"{where}: {what}"
         problem = artifact_path_problem(record.path)
         if problem:
-            problems.add(f"{label}: path {problem}")
+            problems.add(f"{label}: path {problem}; refusing a hostile archive")
+            continue
+        paths[record.run_id].add(record.path)
+        if not _SHA.fullmatch(record.sha256) or record.size < 0:
+            problems.add(f"{label}: sha256 or size is malformed; {_HOSTILE}")
+            continue
+        suffix = ".zst" if record.compression == "zstd" else ""
+        if record.member != f"blobs/{record.sha256}{suffix}":
+            problems.add(
+                f"{label}: member {show_name(record.member)} is not blobs/<sha256>{suffix} "
+                f"for its sha256; {_HOSTILE}"
+            )
             continue
         if record.member not in listed:
-            problems.add(f"{label}: member {record.member} is not in the archive")
+            problems.add(
+                f"{label}: member {show_name(record.member)} is not in the archive; {_HOSTILE}"
+            )
             continue
-        if record.compression not in ("none", "zstd"):
-            problems.add(f"{label}: unknown compression {record.compression!r}")
-            continue
+        blob = reader.container.where(record.member)
         if record.member not in decoded:
             digest, size = hashlib.sha256(), 0
             try:
@@ -232,9 +347,28 @@ def _check_artifacts(reader: ArchiveReader, table: pa.Table, problems: _Problems
                     digest.update(chunk)
                     size += len(chunk)
             except ArchiveFormatError as exc:
-                problems.add(f"{label}: {exc}")
+                hint = f"; {exc.hint}" if exc.hint else ""
+                problems.add(f"{exc.where or blob}: {what}: {exc.message}{hint}")
+                decoded[record.member] = None
                 continue
             decoded[record.member] = (size, digest.hexdigest())
-        size, sha = decoded[record.member]
+        result = decoded[record.member]
+        if result is None:
+            continue
+        size, sha = result
         if size != record.size or sha != record.sha256:
-            problems.add(f"{label}: decoded bytes do not match its size/sha256")
+            problems.add(
+                f"{blob}: {what}: decoded bytes do not match its size/sha256 in the artifacts "
+                "table; the archive is damaged, re-copy it"
+            )
+    for run_id, run_paths in sorted(paths.items()):
+        for path in sorted(run_paths):
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                folder = "/".join(parts[:i])
+                if folder in run_paths:
+                    problems.add(
+                        f"{where}: artifact {_q(folder)} of run {_q(run_id)} is both a file "
+                        f"and the folder of {_q(path)}; {_HOSTILE}"
+                    )
+                    break
