@@ -16,7 +16,11 @@ __all__ = ["inspect_archive", "render_summary"]
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds: show the number
+        return f"{ms} ms"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def inspect_archive(archive: str | os.PathLike[str]) -> dict[str, Any]:
