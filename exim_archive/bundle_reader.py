@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -343,7 +344,7 @@ class ArchiveReader:
 
     def _zstd_chunks(self, member: str, where: str) -> Iterator[bytes]:
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(
+            reader: Any = zstandard.ZstdDecompressor().stream_reader(
                 self.container.open(member), closefd=True
             )
         except _ZSTD_ERRORS as exc:

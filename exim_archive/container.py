@@ -564,7 +564,7 @@ class _ZipContainer(Container):
                 where=where,
                 hint=_HINT_DAMAGED,
             )
-        data_offset = entry.offset + _LOCAL.size + name_len + extra_len
+        data_offset = int(entry.offset + _LOCAL.size + name_len + extra_len)
         if data_offset + entry.size > cd_offset:
             raise ArchiveFormatError(
                 "runs into the central directory or past the end of the file",
