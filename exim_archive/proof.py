@@ -17,10 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .bundle_reader import ArchiveReader
-from .lineage import INCOMPLETE_TAG
+from .errors import TargetError
+from .histories import HistoryReader
+from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from .pool import ordered_map
 from .records import RunRecord
-from .sink import ExistingRun, MlflowSink, RunContents
+from .sink import MlflowSink, RunContents
+from .source import MlflowSource
 from .uri import redact_uri, resolve_tracking_uri
 
 __all__ = ["ProofReport", "check_against"]
@@ -68,17 +71,16 @@ def _expected_value(value: str, limit: int) -> str:
 def check_run(
     report: ProofReport,
     run: RunRecord,
-    found: ExistingRun | None,
     got: RunContents | None,
     points: dict[str, int],
     files: dict[str, int],
     run_ids: dict[str, str],
 ) -> None:
     label = f"run {run.run_id} ({run.run_name or 'unnamed'})"
-    if found is None or got is None:
+    if got is None:
         report.add(f"{label}: missing in the target")
         return
-    if found.incomplete or INCOMPLETE_TAG in got.tags:
+    if INCOMPLETE_TAG in got.tags:
         report.add(f"{label}: only partly written (run unpack again to finish it)")
     if got.lifecycle_stage != run.lifecycle_stage:
         report.add(f"{label}: is {got.lifecycle_stage} in the target, {run.lifecycle_stage} here")
@@ -109,43 +111,61 @@ def check_against(
     sink: MlflowSink | None = None,
     workers: int = 8,
 ) -> ProofReport:
-    """Check that ``tracking_uri`` holds everything in ``archive`` (as unpack writes it)."""
+    """Check that ``tracking_uri`` holds everything in ``archive`` (as unpack writes it).
+
+    The target is read the way ``pack`` reads a source, in bulk: runs with their params and tags
+    from ``search_runs`` pages, histories through :class:`HistoryReader`, then one artifact
+    listing per run.
+    """
     uri = resolve_tracking_uri(tracking_uri) if sink is None else sink.uri
     report = ProofReport(os.fspath(archive), redact_uri(uri))
     with ArchiveReader(archive) as reader:
         sink = sink or MlflowSink(uri)
-        runs_by_exp: dict[str, list[RunRecord]] = defaultdict(list)
-        for run in reader.runs():
-            runs_by_exp[run.experiment_id].append(run)
+        target = MlflowSource(
+            uri, error=TargetError, hint="run the same unpack again, or check the target"
+        )
         files: dict[str, dict[str, int]] = defaultdict(dict)
         for art in reader.artifacts():
             files[art.run_id][art.path] = art.size
         points = _distinct_points(reader)
-        found: dict[str, ExistingRun] = {}
+        experiment_ids = []
         for exp in reader.experiments():
-            target = sink.find_experiment(exp.name)
-            if target is None:
+            found = sink.find_experiment(exp.name)
+            if found is None:
                 report.add(f"experiment {exp.name!r}: missing in the target")
                 continue
-            if target.lifecycle_stage != exp.lifecycle_stage:
+            experiment_ids.append(found.experiment_id)
+            if found.lifecycle_stage != exp.lifecycle_stage:
                 report.add(
-                    f"experiment {exp.name!r}: is {target.lifecycle_stage} in the target, "
+                    f"experiment {exp.name!r}: is {found.lifecycle_stage} in the target, "
                     f"{exp.lifecycle_stage} here"
                 )
-            existing, _ = sink.existing_runs(target.experiment_id)
-            found.update(existing)
-        run_ids = {source: run.run_id for source, run in found.items()}
-        runs = [run for group in runs_by_exp.values() for run in group]
-
-        def fetch(run: RunRecord) -> tuple[RunRecord, RunContents | None]:
-            hit = found.get(run.run_id)
-            return run, (sink.run_contents(hit.run_id) if hit is not None else None)
-
-        for run, got in ordered_map(fetch, runs, workers):
+        copies: dict[str, list[RunRecord]] = defaultdict(list)
+        for copy in target.runs(experiment_ids):
+            source_id = dict(copy.tags).get(SOURCE_RUN_TAG)
+            if source_id is not None:
+                copies[source_id].append(copy)
+        run_ids = {source: found[0].run_id for source, found in copies.items()}
+        wanted = [found[0] for found in copies.values()]
+        counts = _target_counts(target, wanted, workers)
+        listed = dict(ordered_map(lambda r: (r.run_id, sink.files(r.run_id)), wanted, workers))
+        for run in reader.runs():
+            twins = copies.get(run.run_id, [])
+            if len(twins) > 1:
+                report.add(f"run {run.run_id}: {len(twins)} copies in the target")
+            got = None
+            if twins:
+                copy = twins[0]
+                got = RunContents(
+                    lifecycle_stage=copy.lifecycle_stage,
+                    params=dict(copy.params),
+                    tags=dict(copy.tags),
+                    points=counts.get(copy.run_id, {}),
+                    files=listed.get(copy.run_id, {}),
+                )
             check_run(
                 report,
                 run,
-                found.get(run.run_id),
                 got,
                 points.get(run.run_id, {}),
                 files.get(run.run_id, {}),
@@ -153,3 +173,18 @@ def check_against(
             )
             report.runs_checked += 1
     return report
+
+
+def _target_counts(
+    target: MlflowSource, runs: list[RunRecord], workers: int
+) -> dict[str, dict[str, int]]:
+    """Metric points per key of each target run (a store keeps each distinct point once)."""
+    reader = HistoryReader(target, workers)
+    out: dict[str, dict[str, int]] = {}
+    for start in range(0, len(runs), 200):
+        for run_id, table in reader.read(runs[start : start + 200]).items():
+            grouped = table.group_by("key").aggregate([([], "count_all")])
+            out[run_id] = dict(
+                zip(grouped["key"].to_pylist(), grouped["count_all"].to_pylist(), strict=True)
+            )
+    return out
