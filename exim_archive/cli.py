@@ -97,6 +97,8 @@ def pack(
         artifacts=not no_artifacts,
         overwrite=force,
     )
+    for warning in report.warnings:
+        _say(f"note: {warning}")
     if as_json:
         _emit(report.__dict__)
         return

@@ -6,23 +6,31 @@ refusals, timeouts) are retried with exponential backoff and counted; permanent 
 404, invalid parameters) and anything after the last attempt leave at once as one
 :class:`ArchiveError` line naming the server and the object. MLflow's own HTTP retries are turned
 off (unless the user set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) so that retries are ours, bounded
-and counted.
+and counted. Every text taken from a foreign exception is passed through :func:`scrub` first:
+MLflow's messages carry the tracking URI, credentials included.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import ArchiveError
 from .pool import check_stop
+from .uri import allow_file_store, uri_kind
 
-__all__ = ["Caller", "check_reachable", "disable_mlflow_retries", "is_transient"]
+__all__ = [
+    "Caller",
+    "check_reachable",
+    "disable_mlflow_retries",
+    "is_transient",
+    "open_client",
+    "scrub",
+]
 
 T = TypeVar("T")
 
@@ -57,7 +65,39 @@ _TRANSIENT_WORDS = (
 )
 
 
+# Credentials that may ride along in an exception's text: MLflow puts the tracking URI, userinfo
+# included, into its messages ("API request to http://user:pass@host/... failed ...").
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"<>]*@")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;][^=&\s'\"]*(?:token|key|secret|passw|pwd|auth|sig|credential)[^=&\s'\"]*=)"
+    r"[^&\s'\"]+"
+)
+_SECRET_ENV = (
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+    "DATABRICKS_TOKEN",
+    "DATABRICKS_CLIENT_SECRET",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` without credentials: URL userinfo dropped, secret-looking query values and the
+    values of the usual secret environment variables masked. For every message we print."""
+    text = _USERINFO.sub(r"\1", text)
+    text = _SECRET_QUERY.sub(r"\1***", text)
+    for name in _SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= 4 and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
 def _first_line(text: str, limit: int = 300) -> str:
+    text = scrub(text)
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line[:limit]
 
@@ -114,31 +154,35 @@ class Caller:
         retry: bool = True,
         before_retry: Callable[[], T | None] | None = None,
     ) -> T:
-        """``fn()``; on a transient failure wait and try again (``before_retry`` may find that
-        a non-idempotent call did land after all and return its result instead)."""
+        """``fn()``; on a transient failure wait and try again.
+
+        ``before_retry`` guards a non-idempotent ``fn``: after a failed attempt (which may have
+        landed, its reply lost) it runs before ``fn`` is issued again and may return the
+        result of the attempt that landed. ``fn`` is re-issued only once ``before_retry`` has
+        answered None; while the check itself fails transiently it is retried, never skipped
+        (skipping it would duplicate a write that landed). Checks and calls share one budget
+        of ``attempts``."""
         delay = self.backoff
+        unsure = False  # an attempt of fn failed and may have landed: check before re-issuing
         for attempt in range(1, self.attempts + 1):
             check_stop()
             try:
+                if unsure and before_retry is not None:
+                    landed = before_retry()
+                    if landed is not None:
+                        return landed
+                unsure = False
                 return fn()
             except ArchiveError:
                 raise
             except Exception as exc:
                 if not (retry and attempt < self.attempts and is_transient(exc)):
                     raise self._translate(what, exc) from None
+                unsure = True
             with self._lock:
                 self.retries += 1
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
-            if before_retry is not None:
-                try:
-                    landed = before_retry()
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise self._translate(what, exc) from None
-                    landed = None
-                if landed is not None:
-                    return landed
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, what: str, exc: Exception) -> ArchiveError:
@@ -174,29 +218,93 @@ class Caller:
         raise exc
 
 
+def _health(uri: str) -> int:
+    """GET ``/health`` the way MLflow itself talks to the server: the same URL building, the same
+    credentials (URI userinfo, MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN, auth plugins) and the
+    same TLS settings. Returns the HTTP status; connection failures raise."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    resp = http_request(
+        get_default_host_creds(uri),
+        "/health",
+        "GET",
+        max_retries=0,
+        timeout=15,
+        raise_on_status=False,
+    )
+    return int(resp.status_code)
+
+
+def _reason(exc: BaseException) -> str:
+    """The short cause of a failed connection, e.g. ``[Errno 111] Connection refused``."""
+    text = scrub(str(exc))
+    for pattern in (r"\[Errno -?\d+\][^'\")\]]*", r"\[SSL: [^\]]*\][^'\")\]]*"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(0).strip()
+    for words in ("certificate verify failed", "timed out", "Connection aborted", "reset by peer"):
+        if words.lower() in text.lower():
+            return words
+    return _first_line(text, 200)
+
+
 def check_reachable(uri: str, safe_uri: str, error: type[ArchiveError]) -> None:
-    """Fail fast, in one line, when an http(s) tracking server does not answer ``/health``."""
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=15) as resp:
-            resp.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise error(
-                f"the tracking server refused access (HTTP {exc.code})",
-                where=safe_uri,
-                hint="set MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN",
-            ) from None
-        if exc.code != 404:
-            raise error(
-                f"the tracking server answered HTTP {exc.code} on /health",
-                where=safe_uri,
-                hint="check that the URI points at an MLflow tracking server",
-            ) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise error(
-            f"cannot reach the tracking server ({reason})",
-            where=safe_uri,
-            hint="check that it is running and the URI is right, then run again",
-        ) from None
+    """Fail fast, in one line, when an http(s) tracking server does not answer ``/health``.
+
+    A refused connection or an unknown host fails at once; a transient answer (HTTP 408, 429,
+    5xx) or a dropped connection is tried again like any other call (EXIM_RETRY_ATTEMPTS,
+    EXIM_RETRY_BACKOFF)."""
+    attempts = int(os.environ.get("EXIM_RETRY_ATTEMPTS", "6"))
+    delay = float(os.environ.get("EXIM_RETRY_BACKOFF", "0.5"))
+    for attempt in range(1, max(1, attempts) + 1):
+        last = attempt >= attempts
+        try:
+            status = _health(uri)
+        except Exception as exc:
+            reason = _reason(exc)
+            dropped = any(w in reason.lower() for w in ("aborted", "reset by peer"))
+            if last or not dropped:
+                raise error(
+                    f"cannot reach the tracking server ({reason})",
+                    where=safe_uri,
+                    hint="check that it is running and the URI is right, then run again",
+                ) from None
+        else:
+            if status < 400 or status == 404:
+                return
+            if status in (401, 403):
+                raise error(
+                    f"the tracking server refused access (HTTP {status})",
+                    where=safe_uri,
+                    hint="set MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN",
+                )
+            if last or status not in _TRANSIENT_STATUS:
+                raise error(
+                    f"the tracking server answered HTTP {status} on /health",
+                    where=safe_uri,
+                    hint="check that the URI points at an MLflow tracking server"
+                    if status not in _TRANSIENT_STATUS
+                    else "it may be overloaded or restarting; run again in a moment",
+                )
+        check_stop()
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+def open_client(uri: str, call: Caller) -> Any:
+    """An ``MlflowClient`` for ``uri`` that has answered one call: fails fast, in one line, on an
+    unreachable server, and makes retries ours (see module docstring)."""
+    from mlflow import MlflowClient
+
+    if uri_kind(uri) == "http":
+        check_reachable(uri, call.where, call.error)
+        disable_mlflow_retries()
+    allow_file_store(uri)
+
+    def connect() -> Any:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+        return client
+
+    return call("connecting", connect)

@@ -153,4 +153,5 @@ def pack(
         bytes=writer.destination.stat().st_size,
         seconds=time.perf_counter() - started,
         retries=source.call.retries,
+        warnings=list(source.notes),
     )

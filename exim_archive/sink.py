@@ -20,9 +20,10 @@ import pyarrow as pa
 
 from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
-from .mlflow_errors import Caller, check_reachable, disable_mlflow_retries
+from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, RunRecord
-from .uri import allow_file_store, redact_uri, uri_kind
+from .sql_metrics import LazyFastPath
+from .uri import redact_uri
 
 __all__ = ["ExistingRun", "MlflowSink", "TargetExperiment"]
 
@@ -57,7 +58,6 @@ class MlflowSink:
     """Writes experiments, runs, metrics, inputs and artifacts to one tracking URI."""
 
     def __init__(self, tracking_uri: str) -> None:
-        from mlflow import MlflowClient
 
         self.uri = tracking_uri
         self.safe_uri = redact_uri(tracking_uri)
@@ -69,18 +69,13 @@ class MlflowSink:
             self.safe_uri,
             "fix the cause and run the same unpack again: it resumes where it stopped",
         )
-        if uri_kind(tracking_uri) == "http":
-            check_reachable(tracking_uri, self.safe_uri, TargetError)
-            disable_mlflow_retries()
-        allow_file_store(tracking_uri)
-
-        def connect() -> Any:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            client.search_experiments(max_results=1)
-            return client
-
-        self.client = self.call("connecting", connect)
+        self.client = open_client(tracking_uri, self.call)
         self._store = self.client._tracking_client.store
+        self.notes: list[str] = []
+        """Things worth telling about how this target was written (e.g. no direct SQL)."""
+        # Metric points go through direct SQL on a database at a tested schema revision,
+        # decided on the first log_metrics call (see sql_metrics).
+        self._sql_metrics = LazyFastPath(self._store, tracking_uri, self.notes)
 
     # -- experiments ---------------------------------------------------------------------------
 
@@ -222,6 +217,10 @@ class MlflowSink:
     def log_metrics(self, run_id: str, points: pa.Table) -> None:
         from mlflow.entities import Metric
 
+        fast = self._sql_metrics.get()
+        if fast is not None:
+            self.call(f"logging metrics of run {run_id}", partial(fast.write, run_id, points))
+            return
         keys = points.column("key").to_pylist()
         steps = points.column("step").to_pylist()
         stamps = points.column("timestamp").to_pylist()
@@ -289,23 +288,9 @@ class MlflowSink:
 
     # -- reading back, for the proof after unpack ------------------------------------------------
 
-    def run_contents(self, run_id: str) -> RunContents:
-        """What the target holds for one run: lifecycle, params, tags, points per key, files."""
-        run = self.call(f"reading run {run_id}", lambda: self.client.get_run(run_id))
-        counts = {}
-        for key in sorted(run.data.metrics):
-            history = self.call(
-                f"reading metric {key!r} of run {run_id}",
-                partial(self.client.get_metric_history, run_id, key),
-            )
-            counts[key] = len(history)
-        return RunContents(
-            lifecycle_stage=run.info.lifecycle_stage,
-            params=dict(run.data.params),
-            tags=dict(run.data.tags),
-            points=counts,
-            files=self._files(run_id, None),
-        )
+    def files(self, run_id: str) -> dict[str, int]:
+        """Every artifact file of the run with its size."""
+        return self._files(run_id, None)
 
     def _files(self, run_id: str, path: str | None) -> dict[str, int]:
         listing = self.call(

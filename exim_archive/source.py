@@ -15,12 +15,12 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.json_format import MessageToDict
 
-from .errors import SourceError
+from .errors import ArchiveError, SourceError
 from .histories import HistoryReader
 from .manifest import canonical_json
-from .mlflow_errors import Caller, check_reachable, disable_mlflow_retries
+from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
-from .uri import allow_file_store, redact_uri, uri_kind
+from .uri import redact_uri, uri_kind
 
 __all__ = ["MlflowSource"]
 
@@ -44,30 +44,27 @@ def _sorted_tags(items: Any) -> tuple[tuple[str, str], ...]:
 class MlflowSource:
     """Reads experiments, runs, metric histories and artifacts from one tracking URI."""
 
-    def __init__(self, tracking_uri: str) -> None:
-        from mlflow import MlflowClient
-
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        error: type[ArchiveError] = SourceError,
+        hint: str = "check the server and the URI, then run pack again",
+    ) -> None:
+        """``error`` and ``hint``: how failures are reported (a target read back by the proof
+        after unpack reports them as the target's)."""
         self.uri = tracking_uri
         self.safe_uri = redact_uri(tracking_uri)
         self.kind = uri_kind(tracking_uri)
-        self.call = Caller(
-            SourceError, self.safe_uri, "check the server and the URI, then run pack again"
-        )
-        self._check_reachable()
-        allow_file_store(tracking_uri)
+        self.call = Caller(error, self.safe_uri, hint)
+        self.notes: list[str] = []
+        self._histories: HistoryReader | None = None
+        self._check_sqlite_file()
+        self.client = open_client(tracking_uri, self.call)
 
-        def connect() -> Any:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            client.search_experiments(max_results=1)
-            return client
-
-        self.client = self.call("connecting", connect)
-
-    def _check_reachable(self) -> None:
-        if self.kind == "http":
-            check_reachable(self.uri, self.safe_uri, SourceError)
-            disable_mlflow_retries()
-        elif self.uri.startswith("sqlite:"):
+    def _check_sqlite_file(self) -> None:
+        """MLflow would create a missing sqlite file: a source must exist."""
+        if self.uri.startswith("sqlite:"):
             path = self.uri.split("///", 1)[-1] if "///" in self.uri else ""
             if path and path != ":memory:" and not os.path.exists(path):
                 raise SourceError(
@@ -217,7 +214,11 @@ class MlflowSource:
         Bulk reads (up to 100 runs per call and key) where the source has them and they are
         complete; per run and key where not. See :mod:`.histories`.
         """
-        return HistoryReader(self, workers).read(runs)
+        if self._histories is None:
+            self._histories = HistoryReader(self, workers)
+            if self._histories.note:
+                self.notes.append(self._histories.note)
+        return self._histories.read(runs)
 
     # -- artifacts -------------------------------------------------------------------------------
 

@@ -351,6 +351,7 @@ def unpack(
                 _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
         finally:
             report.retries = sink.call.retries
+            report.notes.extend(sink.notes)
     if check:
         proof = check_against(archive, sink=sink, workers=workers)
         report.runs_checked = proof.runs_checked

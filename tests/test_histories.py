@@ -45,7 +45,10 @@ def test_http_bulk_cap_falls_back_per_run(source_server: MlflowServer, unique: s
     assert sum(t.num_rows for t in tables.values()) == 2 * 15_000 + 2 > BULK_ROW_CAP
 
 
-def test_database_bulk_reads_everything(new_sqlite: NewStore, tmp_path: Path) -> None:
+def test_database_bulk_reads_everything(
+    new_sqlite: NewStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")  # the store's bulk path, SQL's fallback
     uri = new_sqlite("src")
     _log(uri, "many", runs=120, points=30, step_of=None)
     source = MlflowSource(uri)

@@ -1,0 +1,406 @@
+"""Metric points straight through SQL, below MLflow's store layer. The one module of the package
+that speaks SQL: it owns the schema-revision check, the read path (pack) and the write path
+(unpack).
+
+Metric points are the bulk of any archive, and MLflow's store spends Python objects, a session
+and (on write) a latest-metric merge on every batch of them. On a database tracking URI
+(``sqlite:``, ``postgresql:``, ``mysql:``) whose ``alembic_version`` holds a revision in
+:data:`TESTED_REVISIONS`, points go through the store's own SQLAlchemy engine instead, the two
+bulk statements straight to the driver's cursor:
+
+* read: ``SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics WHERE run_uuid IN
+  (...) ORDER BY run_uuid, key, step`` (the order of an index MLflow keeps), fetched in
+  partitions from a server-side cursor where the driver has one; NaN where ``is_nan``, every
+  other value exactly as stored (SQL stores already hold +/-inf as +/-DBL_MAX); only the keys
+  the run lists, as the API path reads;
+* write: points sanitised as MLflow's ``sanitize_metric_value`` does (NaN -> 0 with ``is_nan``,
+  +/-inf -> +/-DBL_MAX), inserted in batches that skip rows already present (``ON CONFLICT DO
+  NOTHING``; on MySQL/MariaDB a no-op ``ON DUPLICATE KEY UPDATE``, which unlike ``INSERT
+  IGNORE`` keeps strict mode's errors), then ``latest_metrics`` raised per key to the first
+  point with the greatest (step, timestamp, stored value), as
+  ``_update_latest_metrics_if_necessary`` leaves it. Every write is idempotent: a resumed
+  unpack may send the same points again.
+
+Any other revision, or none readable, means MLflow's API (slower) and a note saying so. Set
+``EXIM_NO_SQL_FAST_PATH=1`` to use MLflow's API always (benchmarks, or a suspected problem).
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import math
+import os
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import tables as T
+from .uri import redact_uri, uri_kind
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from .records import RunRecord
+
+__all__ = ["DISABLE_ENV", "TESTED_REVISIONS", "LazyFastPath", "SqlMetrics", "open_fast_path"]
+
+TESTED_REVISIONS = frozenset({"dc11669786a5"})
+"""Alembic revisions whose ``metrics`` / ``latest_metrics`` tables this module was tested on:
+the head of mlflow 3.17.2's migrations (``add job executor persistence model``)."""
+
+DISABLE_ENV = "EXIM_NO_SQL_FAST_PATH"
+_DIALECTS = frozenset({"sqlite", "postgresql", "mysql"})
+READ_RUNS = 500
+"""Run ids per ``IN (...)`` list."""
+READ_ROWS = 50_000
+"""Rows per streamed partition."""
+WRITE_ROWS = 5_000
+"""Rows per INSERT batch and per transaction (short, so SQLite writers do not wait long)."""
+_KEYS_PER_QUERY = 500
+_COLUMNS = ("run_uuid", "key", "step", "timestamp", "value", "is_nan")
+DBL_MAX = 1.7976931348623157e308
+
+_log = logging.getLogger(__name__)
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _revisions(engine: sa.Engine) -> set[str]:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    return {str(row[0]) for row in rows}
+
+
+def _note(uri: str, text: str) -> str:
+    """The note, logged once per store and text so a long pack does not repeat it."""
+    with _warned_lock:
+        fresh = (uri, text) not in _warned
+        _warned.add((uri, text))
+    if fresh:
+        _log.warning("%s: %s", redact_uri(uri), text)
+    return text
+
+
+def open_fast_path(store: Any, uri: str) -> tuple[SqlMetrics | None, str | None]:
+    """Direct SQL for ``uri`` if allowed, else None and (when it is not plain N/A) a note why.
+
+    Never for http(s) or file stores; only on the store's own SQLAlchemy engine, only for the
+    dialects tested, and only when ``alembic_version`` holds a tested revision.
+    """
+    import sqlalchemy as sa
+
+    if _disabled() or uri_kind(uri) != "database":
+        return None, None
+    engine = getattr(store, "engine", None)
+    if not isinstance(engine, sa.Engine):
+        return None, None
+    if engine.dialect.name not in _DIALECTS:
+        text = f"{engine.dialect.name} not tested for direct SQL; using MLflow's API (slower)"
+        return None, _note(uri, text)
+    try:
+        found = _revisions(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        text = f"schema revision unreadable ({type(exc).__name__}); using MLflow's API (slower)"
+        return None, _note(uri, text)
+    if not found or not found <= TESTED_REVISIONS:
+        shown = ", ".join(sorted(found)) or "none"
+        return None, _note(uri, f"schema revision {shown} not tested; using MLflow's API (slower)")
+    return SqlMetrics(engine), None
+
+
+class LazyFastPath:
+    """Decides once, on first use, whether one store's points may go through direct SQL."""
+
+    def __init__(self, store: Any, uri: str, notes: list[str]) -> None:
+        self._store = store
+        self._uri = uri
+        self._notes = notes
+        self._lock = threading.Lock()
+        self._decided = False
+        self._fast: SqlMetrics | None = None
+
+    def get(self) -> SqlMetrics | None:
+        with self._lock:
+            if not self._decided:
+                self._fast, note = open_fast_path(self._store, self._uri)
+                if note is not None:
+                    self._notes.append(note)
+                self._decided = True
+            return self._fast
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _empty() -> pa.Table:
+    return T.METRICS.schema.empty_table()
+
+
+class SqlMetrics:
+    """Reads and writes metric points of one database with SQLAlchemy Core."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun
+
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.metrics: sa.Table = SqlMetric.__table__
+        self.latest: sa.Table = SqlLatestMetric.__table__
+        self.runs: sa.Table = SqlRun.__table__
+        self.rows_read = 0
+
+    # -- read (pack) -----------------------------------------------------------------------------
+
+    def read(self, runs: Sequence[RunRecord]) -> dict[str, pa.Table]:
+        """Every point of every listed key of the runs: ``metrics`` slices per run, in (key,
+        step) order (the order of the ``run_uuid, key, step`` index; the writer sorts fully)."""
+        out: dict[str, pa.Table] = {}
+        for batch in _chunks(runs, READ_RUNS):
+            out.update(_split(self._select([r.run_id for r in batch]), batch))
+        return out
+
+    def _quoted(self, *names: str) -> str:
+        quote = self.engine.dialect.identifier_preparer.quote
+        return ", ".join(quote(name) for name in names)
+
+    def _marks(self, count: int) -> str:
+        """DBAPI placeholders: qmark for sqlite3, format for the PostgreSQL and MySQL drivers."""
+        return ", ".join(["?" if self.dialect == "sqlite" else "%s"] * count)
+
+    def _select(self, run_ids: Sequence[str]) -> pa.Table:
+        """The rows of the runs, fetched in partitions straight off the driver's cursor (SQLAlchemy
+        rows would double the cost of a large read)."""
+        sql = (
+            f"SELECT {self._quoted(*_COLUMNS)} FROM {self._quoted('metrics')} "
+            f"WHERE {self._quoted('run_uuid')} IN ({self._marks(len(run_ids))}) "
+            f"ORDER BY {self._quoted('run_uuid', 'key', 'step')}"
+        )
+        parts: list[pa.Table] = []
+        with self.engine.connect() as conn:
+            cursor = self._streaming_cursor(conn)
+            try:
+                cursor.execute(sql, tuple(run_ids))
+                while rows := cursor.fetchmany(READ_ROWS):
+                    parts.append(_rows_table(rows))
+            finally:
+                cursor.close()
+        table = pa.concat_tables(parts) if parts else _raw_empty()
+        self.rows_read += table.num_rows
+        return table
+
+    def _streaming_cursor(self, conn: sa.Connection) -> Any:
+        """A server-side cursor where the driver has one, so a large read is never all in
+        memory twice; a plain cursor otherwise (sqlite3 steps through results as fetched)."""
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        driver = self.engine.dialect.driver
+        if driver in ("psycopg", "psycopg2"):
+            return raw.cursor(name=f"exim_metrics_{uuid.uuid4().hex[:12]}")
+        if driver in ("pymysql", "mysqldb"):
+            dbapi = self.engine.dialect.loaded_dbapi
+            cursors = importlib.import_module(f"{dbapi.__name__}.cursors")
+            return raw.cursor(cursors.SSCursor)
+        return raw.cursor()
+
+    # -- write (unpack) --------------------------------------------------------------------------
+
+    def write(self, run_id: str, points: pa.Table) -> None:
+        """Insert the run's points (those already there are skipped), then raise
+        ``latest_metrics`` to the newest point per key. Safe to repeat."""
+        if not points.num_rows:
+            return
+        keys, steps, stamps, values, nans = _sanitised(points)
+        _validate_keys(keys)
+        self._check_run(run_id)
+        insert = self._insert_skipping_existing()
+        rows = list(zip([run_id] * len(keys), keys, steps, stamps, values, nans, strict=True))
+        for chunk in _chunks(rows, WRITE_ROWS):
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(insert, list(chunk))
+        self._raise_latest(run_id, _newest(keys, steps, stamps, values, nans))
+
+    def _check_run(self, run_id: str) -> None:
+        """Refuse, as MLflow does, points for a run that is missing or deleted."""
+        import sqlalchemy as sa
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+        r = self.runs.c
+        with self.engine.connect() as conn:
+            stage = conn.execute(
+                sa.select(r.lifecycle_stage).where(r.run_uuid == run_id)
+            ).scalar_one_or_none()
+        if stage is None:
+            raise MlflowException(
+                f"Run with id={run_id} not found", error_code=RESOURCE_DOES_NOT_EXIST
+            )
+        if stage != "active":
+            raise MlflowException(
+                f"The run {run_id} must be in the 'active' state. Current state is {stage}.",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+
+    def _insert_skipping_existing(self) -> str:
+        """INSERT of one point that leaves a row already there alone; executed many times by
+        the driver (SQLAlchemy's per-row parameter processing would double the cost)."""
+        sql = (
+            f"INSERT INTO {self._quoted('metrics')} ({self._quoted(*_COLUMNS)}) "
+            f"VALUES ({self._marks(len(_COLUMNS))})"
+        )
+        if self.dialect == "mysql":
+            # A no-op update: unlike INSERT IGNORE it keeps strict mode's errors.
+            run = self._quoted("run_uuid")
+            return f"{sql} ON DUPLICATE KEY UPDATE {run} = {run}"
+        return f"{sql} ON CONFLICT DO NOTHING"
+
+    def _raise_latest(self, run_id: str, newest: dict[str, tuple[int, int, float, bool]]) -> None:
+        """``latest_metrics`` per key: insert where missing, update where strictly older."""
+        import sqlalchemy as sa
+
+        lm = self.latest.c
+        with self.engine.begin() as conn:
+            found: dict[str, tuple[int, int, float]] = {}
+            for chunk in _chunks(sorted(newest), _KEYS_PER_QUERY):
+                stmt = (
+                    sa.select(lm.key, lm.step, lm.timestamp, lm.value)
+                    .where(lm.run_uuid == run_id, lm.key.in_(list(chunk)))
+                    .order_by(lm.key)
+                )
+                if self.dialect != "sqlite":
+                    stmt = stmt.with_for_update()
+                for key, step, stamp, value in conn.execute(stmt):
+                    found[key] = (int(step), int(stamp), float(value))
+            missing = [
+                {"run_uuid": run_id, "key": k, "step": s, "timestamp": t, "value": v, "is_nan": n}
+                for k, (s, t, v, n) in sorted(newest.items())
+                if k not in found
+            ]
+            if missing:
+                conn.execute(sa.insert(self.latest), missing)
+            for key, old in sorted(found.items()):
+                step, stamp, value, is_nan = newest[key]
+                if (step, stamp, value) > old:
+                    conn.execute(
+                        sa.update(self.latest)
+                        .where(lm.run_uuid == run_id, lm.key == key)
+                        .values(step=step, timestamp=stamp, value=value, is_nan=is_nan)
+                    )
+
+
+# -- Arrow helpers -------------------------------------------------------------------------------
+
+_RAW = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("key", pa.string()),
+        ("step", pa.int64()),
+        ("timestamp", pa.int64()),
+        ("value", pa.float64()),
+        ("is_nan", pa.bool_()),
+    ]
+)
+
+
+def _raw_empty() -> pa.Table:
+    return _RAW.empty_table()
+
+
+def _rows_table(rows: Sequence[Any]) -> pa.Table:
+    """One partition of result rows as columns, with NaN put back where ``is_nan``."""
+    run_ids, keys, steps, stamps, values, nans = zip(*rows, strict=True)
+    is_nan = pa.array(nans).cast(pa.bool_())
+    value = pa.array(values, pa.float64())
+    if pc.any(is_nan).as_py():
+        value = pc.if_else(is_nan, pa.scalar(math.nan, pa.float64()), value)
+    return pa.table(
+        [
+            pa.array(run_ids, pa.string()),
+            pa.array(keys, pa.string()),
+            pa.array(steps, pa.int64()),
+            pa.array(stamps, pa.int64()),
+            value,
+            is_nan,
+        ],
+        schema=_RAW,
+    )
+
+
+def _split(table: pa.Table, runs: Sequence[RunRecord]) -> dict[str, pa.Table]:
+    """Per run: its rows of the listed keys, as they came (runs without rows get none).
+
+    The query orders by run, so each run's rows are one slice; should a run come in pieces
+    after all, the pieces are joined in order.
+    """
+    table = table.select(T.METRICS.schema.names).combine_chunks()
+    pieces: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    if table.num_rows:
+        ids = table.column("run_id").chunk(0)  # one chunk after combine_chunks
+        change = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+        starts = [0, *(i + 1 for i in pc.indices_nonzero(change).to_pylist()), len(ids)]
+        for start, end in itertools.pairwise(starts):
+            pieces[str(ids[start].as_py())].append((start, end - start))
+    out: dict[str, pa.Table] = {}
+    for run in runs:
+        if run.run_id not in pieces:
+            out[run.run_id] = _empty()
+            continue
+        part = pa.concat_tables([table.slice(*p) for p in pieces[run.run_id]])
+        listed = set(run.metric_keys)
+        if not set(pc.unique(part.column("key")).to_pylist()) <= listed:
+            part = part.filter(pc.is_in(part.column("key"), pa.array(sorted(listed), pa.string())))
+        out[run.run_id] = part.cast(T.METRICS.schema)
+    return out
+
+
+def _sanitised(
+    points: pa.Table,
+) -> tuple[list[str], list[int], list[int], list[float], list[bool]]:
+    """The points as MLflow stores them: NaN -> 0 with is_nan, +/-inf -> +/-DBL_MAX."""
+    raw = points.column("value")
+    is_nan = pc.fill_null(pc.is_nan(raw), False)
+    value = pc.if_else(is_nan, pa.scalar(0.0, pa.float64()), raw)
+    value = pc.if_else(pc.equal(value, math.inf), pa.scalar(DBL_MAX, pa.float64()), value)
+    value = pc.if_else(pc.equal(value, -math.inf), pa.scalar(-DBL_MAX, pa.float64()), value)
+    return (
+        points.column("key").to_pylist(),
+        points.column("step").to_pylist(),
+        points.column("timestamp").to_pylist(),
+        value.to_pylist(),
+        is_nan.to_pylist(),
+    )
+
+
+def _validate_keys(keys: list[str]) -> None:
+    """MLflow's own check of metric names, once per distinct key."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    for key in sorted(set(keys)):
+        _validate_metric_name(key)
+
+
+def _newest(
+    keys: list[str], steps: list[int], stamps: list[int], values: list[float], nans: list[bool]
+) -> dict[str, tuple[int, int, float, bool]]:
+    """Per key, the first point with the greatest (step, timestamp, stored value): what MLflow's
+    strictly-greater replacement leaves after logging the points in this order."""
+    best: dict[str, tuple[int, int, float, bool]] = {}
+    for key, step, stamp, value, is_nan in zip(keys, steps, stamps, values, nans, strict=True):
+        old = best.get(key)
+        if old is None or (step, stamp, value) > old[:3]:
+            best[key] = (step, stamp, value, is_nan)
+    return best

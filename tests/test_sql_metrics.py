@@ -1,0 +1,348 @@
+"""Direct SQL for metric points (exim_archive.sql_metrics) against SQLite, PostgreSQL and MariaDB
+for real: reads equal MLflow's API reads, writes leave what MLflow's API leaves (histories and
+latest values), re-sending points adds nothing, and an untested schema revision falls back to
+MLflow's API with a note."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from conftest import NewStore
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.store.tracking.dbmodels.models import SqlLatestMetric
+from workload import T0, seed_rich, snapshot
+
+from exim_archive import pack, sql_metrics, unpack
+from exim_archive import tables as T
+from exim_archive.histories import HistoryReader
+from exim_archive.sink import MlflowSink
+from exim_archive.source import MlflowSource
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.database),
+    pytest.param("mariadb", marks=pytest.mark.database),
+]
+UNTESTED = "0123456789ab"
+NOTE = f"schema revision {UNTESTED} not tested; using MLflow's API (slower)"
+
+
+@pytest.fixture(params=BACKENDS)
+def db_uri(request: pytest.FixtureRequest, new_sqlite: NewStore) -> str:
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        return new_sqlite("db")
+    name = "postgres_uri" if request.param == "postgres" else "mysql_uri"
+    uri: str = request.getfixturevalue(name)
+    MlflowClient(uri).search_experiments()  # runs MLflow's migrations
+    return uri
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny IN lists, partitions and insert batches, so every boundary is crossed."""
+    monkeypatch.setattr(sql_metrics, "READ_RUNS", 2)
+    monkeypatch.setattr(sql_metrics, "READ_ROWS", 5)
+    monkeypatch.setattr(sql_metrics, "WRITE_ROWS", 7)
+
+
+@pytest.fixture
+def sql_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The run ids SqlMetrics.write was called for."""
+    calls: list[str] = []
+    real = sql_metrics.SqlMetrics.write
+
+    def spy(self: sql_metrics.SqlMetrics, run_id: str, points: pa.Table) -> None:
+        calls.append(run_id)
+        real(self, run_id, points)
+
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "write", spy)
+    return calls
+
+
+def _edge_metrics() -> list[Metric]:
+    """NaN, +/-inf, -0.0, ties, repeated steps, negative and huge steps, in logging order."""
+    out = [Metric("edge", float(s % 7) - 3.0, T0 + s, s) for s in range(40)]
+    out += [
+        Metric("special", float("nan"), T0 + 1, 0),
+        Metric("special", float("inf"), T0 + 2, 1),
+        Metric("special", float("-inf"), T0 + 3, 2),
+        Metric("special", 5e-324, T0 + 5, 4),
+        Metric("special", 1e300, T0 + 6, 3),
+        Metric("repeat", 3.0, T0 + 12, 7),
+        Metric("repeat", 1.0, T0 + 10, 7),
+        Metric("repeat", 2.0, T0 + 11, 7),
+        Metric("repeat", 0.5, T0 + 12, 7),
+        Metric("steps", 1.0, T0, -5),
+        Metric("steps", 2.0, T0, -(2**40)),
+        Metric("steps", 3.0, T0, 2**62),
+        Metric("steps", 4.0, 2**50, 2**62),
+        Metric("tie", 0.0, T0, 5),
+        Metric("tie", float("nan"), T0, 5),
+        Metric("tie", -1.0, T0, 4),
+        Metric("nanlast", 1.0, T0, 0),
+        Metric("nanlast", float("nan"), T0 + 1, 9),
+        Metric("infmax", float("-inf"), T0, 3),
+        Metric("infmax", float("inf"), T0, 3),
+        Metric("infmax", 7.0, T0, 3),
+    ]
+    return out
+
+
+def _points(metrics: list[Metric]) -> pa.Table:
+    """The metrics as an archive holds them (sorted by the table's sort key)."""
+    table = pa.table(
+        {
+            "run_id": ["r"] * len(metrics),
+            "key": [m.key for m in metrics],
+            "step": [m.step for m in metrics],
+            "timestamp": [m.timestamp for m in metrics],
+            "value": [m.value for m in metrics],
+        },
+        schema=T.METRICS.schema,
+    )
+    return table.sort_by([(c, "ascending") for c in T.METRICS.sort_key])
+
+
+def _v(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(value)
+
+
+def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    return [
+        (r["run_id"], r["key"], r["step"], r["timestamp"], _v(r["value"]))
+        for r in table.to_pylist()
+    ]
+
+
+def _history(uri: str, run_id: str) -> dict[str, list[tuple[int, int, str]]]:
+    c = MlflowClient(uri)
+    return {
+        key: sorted((m.step, m.timestamp, _v(m.value)) for m in c.get_metric_history(run_id, key))
+        for key in c.get_run(run_id).data.metrics
+    }
+
+
+def _latest(uri: str, run_id: str) -> list[tuple[str, int, int, str]]:
+    run = MlflowClient(uri).get_run(run_id)
+    return sorted((m.key, m.step, m.timestamp, _v(m.value)) for m in run.data._metric_objs)
+
+
+def _count(uri: str, table: str, run_id: str) -> int:
+    engine = sa.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            query = sa.text(f"SELECT COUNT(*) FROM {table} WHERE run_uuid = :r")
+            return int(conn.execute(query, {"r": run_id}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _set_revision(uri: str, revision: str) -> None:
+    engine = sa.create_engine(uri)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+    finally:
+        engine.dispose()
+
+
+def _read(source: MlflowSource, runs: list[Any]) -> tuple[HistoryReader, dict[str, pa.Table]]:
+    reader = HistoryReader(source, workers=2)
+    return reader, reader.read(runs)
+
+
+def _sorted(tables: dict[str, pa.Table]) -> dict[str, list[tuple[Any, ...]]]:
+    keys = [(c, "ascending") for c in T.METRICS.sort_key]
+    return {rid: _rows(t.sort_by(keys)) for rid, t in tables.items()}
+
+
+# -- the revision pinned ---------------------------------------------------------------------------
+
+
+def test_head_revision_of_this_mlflow_is_tested(new_sqlite: NewStore) -> None:
+    uri = new_sqlite("db")
+    path = uri.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert revision in sql_metrics.TESTED_REVISIONS
+
+
+def test_never_for_http_or_file_stores(tmp_path: Path) -> None:
+    assert sql_metrics.open_fast_path(object(), "http://127.0.0.1:5000") == (None, None)
+    assert sql_metrics.open_fast_path(object(), "https://mlflow.example") == (None, None)
+    sink = MlflowSink(str(tmp_path / "mlruns"))
+    assert sink._sql_metrics.get() is None and sink.notes == []
+
+
+def test_env_var_turns_it_off(new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = new_sqlite("db")
+    store = MlflowClient(uri)._tracking_client.store
+    assert sql_metrics.open_fast_path(store, uri)[0] is not None
+    monkeypatch.setenv(sql_metrics.DISABLE_ENV, "1")
+    assert sql_metrics.open_fast_path(store, uri) == (None, None)
+
+
+# -- read ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_sql_read_equals_api_read(
+    db_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_rich(db_uri, "rd", tmp_path / "art")
+    c = MlflowClient(db_uri)
+    exp = c.create_experiment("edges", artifact_location=(tmp_path / "art2").as_uri())
+    edge = c.create_run(exp, start_time=T0).info.run_id
+    c.log_batch(edge, metrics=_edge_metrics())
+    # A point whose key the run does not list (no latest_metrics row): the API never reads it.
+    engine = sa.create_engine(db_uri)
+    latest = SqlLatestMetric.__table__
+    with engine.begin() as conn:
+        conn.execute(sa.delete(latest).where(latest.c.run_uuid == edge, latest.c.key == "edge"))
+    engine.dispose()
+
+    source = MlflowSource(db_uri)
+    runs = source.runs([e.experiment_id for e in source.experiments(None)])
+    fast_reader, fast = _read(source, runs)
+    assert fast_reader.sql_reads == 1 and fast_reader.bulk_calls == 0 and fast_reader.note is None
+    monkeypatch.setenv(sql_metrics.DISABLE_ENV, "1")
+    api_reader, api = _read(source, runs)
+    assert api_reader.sql_reads == 0
+
+    assert set(fast) == set(api) == {r.run_id for r in runs}
+    assert _sorted(fast) == _sorted(api)
+    for table in fast.values():
+        assert table.schema.equals(T.METRICS.schema)
+    edge_rows = _sorted(fast)[edge]
+    assert sum(r[1] == "edge" for r in edge_rows) == 0
+    special = [r[4] for r in edge_rows if r[1] == "special"]
+    dbl_max = "1.7976931348623157e+308"
+    assert special == ["nan", dbl_max, "-" + dbl_max, "1e+300", "5e-324"]
+    assert [r[2] for r in edge_rows if r[1] == "steps"] == [-(2**40), -5, 2**62, 2**62]
+    assert sum(t.num_rows for t in fast.values()) == 300 + 11 + 3 + len(_edge_metrics()) - 40
+
+
+def test_untested_revision_reads_through_the_api(new_sqlite: NewStore, tmp_path: Path) -> None:
+    uri = new_sqlite("src")
+    seed_rich(uri, "fb", tmp_path / "art")
+    source = MlflowSource(uri)
+    runs = source.runs([e.experiment_id for e in source.experiments(None)])
+    _, expected = _read(source, runs)
+
+    path = Path(uri.split("///", 1)[1])
+    shutil.copyfile(path, tmp_path / "copy.db")
+    copy_uri = f"sqlite:///{tmp_path / 'copy.db'}"
+    copy = MlflowSource(copy_uri)  # MLflow checks the revision when it opens the store
+    _set_revision(copy_uri, UNTESTED)
+    reader, got = _read(copy, runs)
+    assert reader.note == NOTE and reader.sql_reads == 0 and reader.bulk_calls > 0
+    assert _sorted(got) == _sorted(expected)
+
+
+# -- write -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_sql_write_equals_api_write_and_is_idempotent(
+    db_uri: str, sql_writes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = MlflowClient(db_uri)
+    exp = c.create_experiment("w")
+    api_run = c.create_run(exp, start_time=T0).info.run_id
+    sql_run = c.create_run(exp, start_time=T0).info.run_id
+    points = _points(_edge_metrics())
+
+    monkeypatch.setenv(sql_metrics.DISABLE_ENV, "1")
+    MlflowSink(db_uri).log_metrics(api_run, points)
+    monkeypatch.delenv(sql_metrics.DISABLE_ENV)
+    assert sql_writes == []
+
+    sink = MlflowSink(db_uri)
+    half = points.num_rows // 2
+    sink.log_metrics(sql_run, points.slice(0, half))  # an unpack killed half way...
+    sink.log_metrics(sql_run, points)  # ...and resumed: everything is sent again
+    assert sql_writes == [sql_run, sql_run] and sink.notes == []
+    assert _history(db_uri, sql_run) == _history(db_uri, api_run)
+    assert _latest(db_uri, sql_run) == _latest(db_uri, api_run)
+    latest = dict((k, (s, t, v)) for k, s, t, v in _latest(db_uri, sql_run))
+    assert latest["tie"] == (5, T0, "0.0") and latest["nanlast"] == (9, T0 + 1, "nan")
+    assert latest["infmax"] == (3, T0, "1.7976931348623157e+308")
+
+    rows = _count(db_uri, "metrics", sql_run)
+    assert rows == _count(db_uri, "metrics", api_run)
+    sink.log_metrics(sql_run, points)
+    sink.log_metrics(sql_run, points.slice(3, 10))
+    assert _count(db_uri, "metrics", sql_run) == rows
+    assert _count(db_uri, "latest_metrics", sql_run) == len(latest)
+    assert _history(db_uri, sql_run) == _history(db_uri, api_run)
+    assert _latest(db_uri, sql_run) == _latest(db_uri, api_run)
+
+
+def test_sql_write_refuses_a_deleted_run(db_uri: str) -> None:
+    from exim_archive.errors import TargetError
+
+    c = MlflowClient(db_uri)
+    run = c.create_run(c.create_experiment("gone"), start_time=T0).info.run_id
+    c.delete_run(run)
+    with pytest.raises(TargetError, match=f"logging metrics of run {run} failed"):
+        MlflowSink(db_uri).log_metrics(run, _points(_edge_metrics()[:3]))
+    assert _count(db_uri, "metrics", run) == 0
+
+
+def test_untested_revision_writes_through_the_api(
+    db_uri: str, sql_writes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = MlflowClient(db_uri)
+    exp = c.create_experiment("w")
+    api_run = c.create_run(exp, start_time=T0).info.run_id
+    points = _points(_edge_metrics())
+    sink = MlflowSink(db_uri)  # MLflow checks the revision when it opens the store
+    _set_revision(db_uri, UNTESTED)
+    sink.log_metrics(api_run, points)
+    sink.log_metrics(api_run, points)
+    assert sql_writes == [] and sink.notes == [NOTE]
+    assert len(_history(db_uri, api_run)) == len({m.key for m in _edge_metrics()})
+
+
+# -- through pack and unpack -----------------------------------------------------------------------
+
+
+def test_unpack_into_db_matches_the_api_path(
+    db_uri: str,
+    new_sqlite: NewStore,
+    tmp_path: Path,
+    sql_writes: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = new_sqlite("src")
+    names = seed_rich(src, "un", tmp_path / "art")
+    c = MlflowClient(src)
+    exp = c.get_experiment_by_name(names[0])
+    assert exp is not None
+    edge = c.create_run(exp.experiment_id, start_time=T0, run_name="edges").info.run_id
+    c.log_batch(edge, metrics=_edge_metrics())
+    c.set_terminated(edge, "FINISHED", end_time=T0 + 1)
+    archive = tmp_path / "a.exim"
+    pack(archive, tracking_uri=src)
+
+    report = unpack(archive, tracking_uri=db_uri, workers=2)
+    assert len(sql_writes) == 5  # every run with points: parent, child, edges, killed, old
+    assert snapshot(db_uri, names) == snapshot(src, names)
+
+    reference = new_sqlite("reference")
+    monkeypatch.setenv(sql_metrics.DISABLE_ENV, "1")
+    ref_report = unpack(archive, tracking_uri=reference, workers=2)
+    assert len(sql_writes) == 5
+    for source_id, target_id in report.id_map["runs"].items():
+        ref_id = ref_report.id_map["runs"][source_id]
+        assert _latest(db_uri, target_id) == _latest(reference, ref_id)
+        assert _history(db_uri, target_id) == _history(reference, ref_id)
