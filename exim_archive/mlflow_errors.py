@@ -292,6 +292,17 @@ def check_reachable(uri: str, safe_uri: str, error: type[ArchiveError]) -> None:
         delay = min(delay * 2, 30.0)
 
 
+def _quiet_database_retries() -> None:
+    """MLflow tries a database 10 times over ~100 s, logging a WARNING each time; ours are the
+    retries (counted, bounded) and the one error line, so MLflow gets one try and stays quiet."""
+    import logging
+
+    import mlflow.store.db.utils as db_utils
+
+    db_utils.MAX_RETRY_COUNT = 1
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)
+
+
 def open_client(uri: str, call: Caller) -> Any:
     """An ``MlflowClient`` for ``uri`` that has answered one call: fails fast, in one line, on an
     unreachable server, and makes retries ours (see module docstring)."""
@@ -301,6 +312,8 @@ def open_client(uri: str, call: Caller) -> Any:
         check_reachable(uri, call.where, call.error)
         disable_mlflow_retries()
     allow_file_store(uri)
+    if uri_kind(uri) == "database":
+        _quiet_database_retries()
 
     def connect() -> Any:
         client = MlflowClient(tracking_uri=uri)

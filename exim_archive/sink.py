@@ -111,16 +111,23 @@ class MlflowSink:
         )
         return dict(exp.tags)
 
+    def _experiment_stage_is(self, experiment_id: str, stage: str) -> bool | None:
+        """For a retry: True if an earlier try already brought the experiment to ``stage``."""
+        exp = self.client.get_experiment(experiment_id)
+        return True if exp.lifecycle_stage == stage else None
+
     def restore_experiment(self, experiment_id: str) -> None:
         self.call(
             f"restoring experiment {experiment_id}",
             lambda: self.client.restore_experiment(experiment_id),
+            before_retry=lambda: self._experiment_stage_is(experiment_id, "active"),
         )
 
     def delete_experiment(self, experiment_id: str) -> None:
         self.call(
             f"deleting experiment {experiment_id}",
             lambda: self.client.delete_experiment(experiment_id),
+            before_retry=lambda: self._experiment_stage_is(experiment_id, "deleted"),
         )
 
     # -- runs ------------------------------------------------------------------------------------
@@ -280,11 +287,23 @@ class MlflowSink:
             before_retry=already_gone,
         )
 
+    def _run_stage_is(self, run_id: str, stage: str) -> bool | None:
+        """For a retry: True if an earlier try already brought the run to ``stage``."""
+        return True if self.client.get_run(run_id).info.lifecycle_stage == stage else None
+
     def restore_run(self, run_id: str) -> None:
-        self.call(f"restoring run {run_id}", lambda: self.client.restore_run(run_id))
+        self.call(
+            f"restoring run {run_id}",
+            lambda: self.client.restore_run(run_id),
+            before_retry=lambda: self._run_stage_is(run_id, "active"),
+        )
 
     def delete_run(self, run_id: str) -> None:
-        self.call(f"deleting run {run_id}", lambda: self.client.delete_run(run_id))
+        self.call(
+            f"deleting run {run_id}",
+            lambda: self.client.delete_run(run_id),
+            before_retry=lambda: self._run_stage_is(run_id, "deleted"),
+        )
 
     # -- reading back, for the proof after unpack ------------------------------------------------
 

@@ -41,39 +41,50 @@ class TargetLock:
     def _tags(self) -> dict[str, str] | None:
         from mlflow.exceptions import MlflowException
 
-        try:
-            return dict(self.sink.client.get_registered_model(LOCK_NAME).tags)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
+        def read() -> dict[str, str] | None:
+            try:
+                return dict(self.sink.client.get_registered_model(LOCK_NAME).tags)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+
+        return self.sink.call("reading the unpack lock", read)
 
     def _try_create(self) -> bool:
         from mlflow.exceptions import MlflowException
 
-        try:
-            self.sink.client.create_registered_model(
-                LOCK_NAME,
-                tags={"owner": self.owner, "heartbeat": str(time.time())},
-                description="held by exim-archive unpack while it writes; removed when done",
-            )
-            return True
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
-                return False
-            raise
+        def create() -> bool:
+            try:
+                self.sink.client.create_registered_model(
+                    LOCK_NAME,
+                    tags={"owner": self.owner, "heartbeat": str(time.time())},
+                    description="held by exim-archive unpack while it writes; removed when done",
+                )
+                return True
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                    return False
+                raise
+
+        def landed() -> bool | None:
+            # a lost reply may hide a lock we did take: it carries our owner tag
+            tags = self._tags()
+            return True if tags is not None and tags.get("owner") == self.owner else None
+
+        return self.sink.call("taking the unpack lock", create, before_retry=landed)
 
     def acquire(self) -> None:
-        from mlflow.exceptions import MlflowException
-
         waited = False
         while True:
             try:
                 if self._try_create():
                     break
                 tags = self._tags()
-            except MlflowException as exc:
-                self.note = f"no unpack lock on this target ({exc.error_code}); not guarded"
+            except TargetError as exc:
+                if not _no_registry(exc):
+                    raise
+                self.note = f"no unpack lock on this target ({exc.message}); not guarded"
                 return
             if tags is None:
                 continue
@@ -100,11 +111,14 @@ class TargetLock:
     def _delete(self) -> None:
         from mlflow.exceptions import MlflowException
 
-        try:
-            self.sink.client.delete_registered_model(LOCK_NAME)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+        def delete() -> None:
+            try:
+                self.sink.client.delete_registered_model(LOCK_NAME)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+
+        self.sink.call("removing the unpack lock", delete)
 
     def release(self) -> None:
         self._stop.set()
@@ -117,13 +131,20 @@ class TargetLock:
             self.held = False
 
     def __enter__(self) -> TargetLock:
-        try:
-            self.acquire()
-        except Exception as exc:  # translated once, here, like every other target call
-            raise TargetError(
-                f"taking the unpack lock failed: {exc}", where=self.sink.safe_uri
-            ) from None
+        self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.release()
+        except TargetError:
+            if exc_type is None:
+                raise
+            # the job already failed (often: the target went away); that error is the one to
+            # report, and a lock left behind goes stale and is taken over by the next unpack
+
+
+def _no_registry(exc: TargetError) -> bool:
+    """Whether a failure means the target has no model registry (so: no lock to take)."""
+    text = exc.message
+    return any(code in text for code in ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "404"))
