@@ -117,7 +117,21 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, requests.HTTPError):
         status = exc.response.status_code if exc.response is not None else 0
         return status in _TRANSIENT_STATUS
+    if type(exc).__module__.split(".")[0] in _DRIVER_MODULES:
+        # Concurrent writers collide in the database; the same statement succeeds when retried
+        # (the metric writes are idempotent).
+        text = str(exc).lower()
+        return any(word in text for word in _DATABASE_CONTENTION)
     return isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError))
+
+
+_DATABASE_CONTENTION = (
+    "deadlock found",  # MySQL/MariaDB 1213
+    "lock wait timeout",  # MySQL/MariaDB 1205
+    "deadlock detected",  # PostgreSQL 40P01
+    "could not serialize",  # PostgreSQL 40001
+    "database is locked",  # SQLite busy
+)
 
 
 def disable_mlflow_retries() -> None:
