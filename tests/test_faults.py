@@ -497,9 +497,11 @@ def test_refused_writes_fail_fast(
             "unpack", str(tmp_path / "a.exim"), "--tracking-uri", proxy.url,
             env={"EXIM_RETRY_ATTEMPTS": "6"},
         )  # fmt: skip
+        locks = proxy.requests("/registered-models/create")
         creates = proxy.requests("/experiments/create")
     line = _one_error_line(code, err)
     assert code == 6 and took < 15, (code, took)
-    assert line.startswith(f"error: {proxy.url}: creating experiment '{unique} small' was refused")
-    assert len(creates) == 1, creates
+    # the unpack lock is the first write: refused once, not retried, nothing else attempted
+    assert line.startswith(f"error: {proxy.url}: taking the unpack lock was refused"), line
+    assert len(locks) == 1 and not creates, (locks, creates)
     assert MlflowClient(target_server.url).get_experiment_by_name(f"{unique} small") is None
