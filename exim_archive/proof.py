@@ -22,7 +22,7 @@ from .histories import HistoryReader
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from .pool import ordered_map
 from .records import RunRecord
-from .sink import MlflowSink, RunContents
+from .sink import KEY_LIMIT, PARAM_VALUE_LIMIT, RUN_TAG_VALUE_LIMIT, MlflowSink, RunContents
 from .source import MlflowSource
 from .uri import redact_uri, resolve_tracking_uri
 
@@ -85,12 +85,16 @@ def check_run(
     if got.lifecycle_stage != run.lifecycle_stage:
         report.add(f"{label}: is {got.lifecycle_stage} in the target, {run.lifecycle_stage} here")
     for key, value in run.params:
-        if got.params.get(key) != _expected_value(value, 6000):
+        if got.params.get(key) != _expected_value(value, PARAM_VALUE_LIMIT):
             report.add(f"{label}: param {key!r} is missing or differs")
     for key, value in run.tags:
-        if len(key) > 250:
+        if len(key) > KEY_LIMIT:
             continue
-        want = run_ids.get(value, value) if key == _PARENT else _expected_value(value, 8000)
+        want = (
+            run_ids.get(value, value)
+            if key == _PARENT
+            else _expected_value(value, RUN_TAG_VALUE_LIMIT)
+        )
         if key == "mlflow.runName" and value != run.run_name:
             continue
         if got.tags.get(key) != want:

@@ -27,6 +27,14 @@ from .uri import redact_uri
 
 __all__ = ["ExistingRun", "MlflowSink", "TargetExperiment"]
 
+# MLflow 3.17's limits (mlflow/utils/validation.py): unpack's limits rule applies them before
+# writing, and the proof after unpack expects values as that rule wrote them.
+KEY_LIMIT = 250
+RUN_TAG_VALUE_LIMIT = 8000
+PARAM_VALUE_LIMIT = 6000
+EXPERIMENT_TAG_VALUE_LIMIT = 20000
+EXPERIMENT_NAME_LIMIT = 500
+
 METRICS_PER_BATCH = 1000
 PARAMS_PER_BATCH = 100
 TAGS_PER_BATCH = 100

@@ -204,10 +204,6 @@ class MlflowSource:
 
     # -- metric histories -----------------------------------------------------------------------
 
-    def metric_history(self, run: RunRecord) -> pa.Table:
-        """Every point of every metric of the run, one call per key (always complete)."""
-        return self.metric_histories([run], workers=1)[run.run_id]
-
     def metric_histories(self, runs: list[RunRecord], workers: int) -> dict[str, pa.Table]:
         """Every point of every metric of the runs, as ``metrics`` table slices per run.
 

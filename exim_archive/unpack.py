@@ -28,7 +28,15 @@ from .pool import ordered_map
 from .progress import Progress
 from .proof import check_against
 from .records import ArtifactRecord, ExperimentRecord, RunRecord
-from .sink import ExistingRun, MlflowSink
+from .sink import (
+    EXPERIMENT_NAME_LIMIT,
+    EXPERIMENT_TAG_VALUE_LIMIT,
+    KEY_LIMIT,
+    PARAM_VALUE_LIMIT,
+    RUN_TAG_VALUE_LIMIT,
+    ExistingRun,
+    MlflowSink,
+)
 from .target_lock import TargetLock
 from .uri import redact_uri, resolve_tracking_uri
 from .verify import verify
@@ -37,11 +45,6 @@ __all__ = ["UnpackReport", "unpack"]
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
-KEY_LIMIT = 250
-RUN_TAG_VALUE_LIMIT = 8000
-PARAM_VALUE_LIMIT = 6000
-EXPERIMENT_TAG_VALUE_LIMIT = 20000
-EXPERIMENT_NAME_LIMIT = 500
 METRIC_SLICE = 50_000
 
 
