@@ -196,8 +196,17 @@ class ArchiveReader:
             )
         return pf
 
+    def absent_by_version(self, spec: T.TableSpec) -> bool:
+        """True for a table newer than the archive's format (a 1.0 archive has no traces)."""
+        return spec.name not in self.manifest.tables and _version(spec.since) > _version(
+            self.manifest.format_version
+        )
+
     def read_table(self, spec: T.TableSpec) -> pa.Table:
-        """A whole (small) table, checked against its schema."""
+        """A whole (small) table, checked against its schema; empty if the archive's format
+        predates the table."""
+        if self.absent_by_version(spec):
+            return spec.schema.empty_table()
         parts = []
         for member in self.table_members(spec.name):
             pf = self.parquet_file(spec, member)
@@ -311,6 +320,21 @@ class ArchiveReader:
 
     def artifacts(self) -> list[ArtifactRecord]:
         return [ArtifactRecord(**row) for row in self.read_table(T.ARTIFACTS).to_pylist()]
+
+    def model_artifacts(self) -> list[ArtifactRecord]:
+        """The logged models' files, as records whose ``run_id`` holds the model id."""
+        return [
+            ArtifactRecord(row["model_id"], *(row[c] for c in T.ARTIFACTS.schema.names[1:]))
+            for row in self.read_table(T.LOGGED_MODEL_ARTIFACTS).to_pylist()
+        ]
+
+    def family_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Every table format 1.1 added, as row dicts (empty lists for a 1.0 archive)."""
+        return {
+            spec.name: self.read_table(spec).to_pylist()
+            for spec in T.TABLES.values()
+            if spec.since != "1.0"
+        }
 
     # -- artifact bytes -----------------------------------------------------------------------
 
@@ -451,6 +475,11 @@ def _reason(exc: BaseException) -> str:
         return "it needs more memory than is available"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
 
 
 def _grouped(table: pa.Table, column: str) -> dict[str, list[tuple[str, str]]]:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import zipfile
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,22 @@ from .manifest import (
 )
 from .records import ArtifactRecord, ExperimentRecord, RunRecord
 
-__all__ = ["METRIC_PART_ROWS", "ROW_GROUP_ROWS", "ArchiveWriter"]
+__all__ = ["FAMILY_COUNTS", "METRIC_PART_ROWS", "ROW_GROUP_ROWS", "ArchiveWriter"]
+
+FAMILY_COUNTS = {
+    "registered_models": "registered_models",
+    "model_versions": "model_versions",
+    "aliases": "registered_model_aliases",
+    "logged_models": "logged_models",
+    "logged_model_artifacts": "logged_model_artifacts",
+    "traces": "traces",
+    "spans": "spans",
+    "assessments": "assessments",
+    "evaluation_datasets": "evaluation_datasets",
+    "evaluation_dataset_records": "evaluation_dataset_records",
+}
+"""manifest ``counts`` name -> the 1.1 table whose row count it is (prompts are counted apart:
+they are the ``registered_models`` rows of kind ``prompt``, included in that count)."""
 
 ROW_GROUP_ROWS = 65_536
 METRIC_PART_ROWS = 64 * ROW_GROUP_ROWS
@@ -182,6 +198,8 @@ class ArchiveWriter:
         self._runs: list[RunRecord] = []
         self._artifacts: list[ArtifactRecord] = []
         self._blobs: dict[str, tuple[str, str]] = {}
+        self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        """Rows of the tables format 1.1 added (registry, logged models, traces, datasets)."""
         self._metrics = _MetricsWriter(self._staging / "tables" / "metrics")
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False)
 
@@ -202,14 +220,38 @@ class ArchiveWriter:
 
     def add_artifact(self, run_id: str, path: str, local_file: Path) -> ArtifactRecord:
         """Store one artifact file's bytes (deduplicated by content) and index it."""
+        record = self._blob_record(run_id, path, local_file)
+        self._artifacts.append(record)
+        return record
+
+    def add_model_artifact(self, model_id: str, path: str, local_file: Path) -> None:
+        """Store one artifact file of a logged model (same blob store as the runs' files)."""
+        rec = self._blob_record(model_id, path, local_file)
+        self._rows[T.LOGGED_MODEL_ARTIFACTS.name].append(
+            {
+                "model_id": model_id,
+                "path": rec.path,
+                "size": rec.size,
+                "sha256": rec.sha256,
+                "member": rec.member,
+                "compression": rec.compression,
+            }
+        )
+
+    def add_rows(self, rows: Mapping[str, Iterable[dict[str, Any]]]) -> None:
+        """Add rows to the tables of the families format 1.1 added; order does not matter."""
+        for name, items in rows.items():
+            if name not in T.TABLES or T.TABLES[name].since == "1.0":
+                raise ValueError(f"add_rows is for the 1.1 family tables, not {name!r}")
+            self._rows[name].extend(items)
+
+    def _blob_record(self, owner: str, path: str, local_file: Path) -> ArtifactRecord:
         sha = _sha256_file(local_file)
         size = local_file.stat().st_size
         if sha not in self._blobs:
             self._blobs[sha] = self._store_blob(sha, size, local_file)
         member, compression = self._blobs[sha]
-        record = ArtifactRecord(run_id, path, size, sha, member, compression)
-        self._artifacts.append(record)
-        return record
+        return ArtifactRecord(owner, path, size, sha, member, compression)
 
     def _store_blob(self, sha: str, size: int, local_file: Path) -> tuple[str, str]:
         raw_member = f"blobs/{sha}"
@@ -333,6 +375,11 @@ class ArchiveWriter:
                 ),
             ),
         ]
+        entries.extend(
+            self._write_table(spec, self._rows.get(spec.name, []))
+            for spec in T.TABLES.values()
+            if spec.since != "1.0"
+        )
         self._metrics.close()
         entries.append(
             TableEntry("metrics", tuple(self._metrics.parts), self._metrics.rows, T.SCHEMA_VERSION)
@@ -352,6 +399,10 @@ class ArchiveWriter:
             "metric_points": tables["metrics"].rows,
             "artifacts": len(self._artifacts),
             "artifact_bytes": sum(a.size for a in self._artifacts),
+            **{name: tables[table].rows for name, table in FAMILY_COUNTS.items()},
+            "prompts": sum(
+                1 for r in self._rows.get("registered_models", []) if r["kind"] == "prompt"
+            ),
         }
 
     def finish(self) -> tuple[Manifest, str]:

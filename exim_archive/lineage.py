@@ -122,3 +122,15 @@ def run_source_tags(run: RunRecord, origin: Origin) -> dict[str, str]:
     tags.update(_system_tags(run.tags))
     tags.update(origin.tags())
     return tags
+
+
+def object_source_tags(
+    known: Mapping[str, Any], source_json: str, tags: tuple[tuple[str, str], ...], origin: Origin
+) -> dict[str, str]:
+    """The lineage tags of a registered model, model version, logged model, trace or dataset:
+    ``mlflow_exim.field.<f>`` for its raw fields, ``mlflow_exim.mlflow_tag.<rest>`` for its
+    ``mlflow.<rest>`` tags, and where it came from."""
+    out = _fields(f"{PREFIX}.field", known, source_json, frozenset({"tags", "aliases"}))
+    out.update(_system_tags(tags))
+    out.update(origin.tags())
+    return out

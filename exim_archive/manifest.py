@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "exim-archive"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 MANIFEST_MEMBER = "manifest.json"
 MANIFEST_DIGEST_MEMBER = "manifest.sha256"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024

@@ -19,6 +19,8 @@ import pyarrow as pa
 
 from . import __version__
 from .bundle_writer import ArchiveWriter, check_destination
+from .errors import UsageError
+from .families import PackScope
 from .pool import ordered_map
 from .progress import Progress
 from .records import RunRecord
@@ -84,6 +86,42 @@ def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
         yield chunk
 
 
+FAMILIES = ("logged-models", "registry", "prompts", "traces", "evaluation-datasets")
+"""The object families past experiments and runs; ``leave_out`` names any of them."""
+
+
+def _pack_families(
+    scope: PackScope, writer: ArchiveWriter, leave_out: frozenset[str], downloads: Path | None
+) -> None:
+    """Read the 1.1 families in a fixed order (logged models first: the registry's selection
+    follows them) and add their rows and files to the archive."""
+    from .eval_datasets import read_eval_datasets
+    from .logged_models import download_model_artifacts, read_logged_models
+    from .registry import read_registry
+    from .traces import read_traces
+
+    model_ids: frozenset[str] = frozenset()
+    if "logged-models" not in leave_out:
+        rows = read_logged_models(scope)
+        writer.add_rows(rows)
+        model_ids = frozenset(m["model_id"] for m in rows.get("logged_models", []))
+        for model in rows.get("logged_models", []) if downloads is not None else []:
+            assert downloads is not None
+            where = downloads / "models" / model["model_id"]
+            for path, local in download_model_artifacts(scope, model, where):
+                writer.add_model_artifact(model["model_id"], path, local)
+            shutil.rmtree(where, ignore_errors=True)
+    if not {"registry", "prompts"} <= leave_out:
+        rows = read_registry(scope, model_ids)
+        skip = {k for k, f in (("model", "registry"), ("prompt", "prompts")) if f in leave_out}
+        names = {m["name"] for m in rows.get("registered_models", []) if m["kind"] not in skip}
+        writer.add_rows({t: [r for r in items if r["name"] in names] for t, items in rows.items()})
+    if "traces" not in leave_out:
+        writer.add_rows(read_traces(scope))
+    if "evaluation-datasets" not in leave_out:
+        writer.add_rows(read_eval_datasets(scope))
+
+
 def pack(
     archive: str | os.PathLike[str],
     *,
@@ -93,12 +131,21 @@ def pack(
     overwrite: bool = False,
     workers: int = 8,
     progress: bool | None = None,
+    leave_out: frozenset[str] = frozenset(),
 ) -> PackReport:
-    """Pack experiments (all, deleted included, when ``experiments`` is None) into ``archive``.
+    """Pack experiments (all, deleted included, when ``experiments`` is None) into ``archive``,
+    with the registry, prompts, logged models, traces and evaluation datasets that belong to
+    them (see :mod:`.registry`), except the families named in ``leave_out``.
 
     The file appears only when complete (written under a temporary name, then renamed); an
     existing file is replaced only with ``overwrite``.
     """
+    unknown = sorted(set(leave_out) - set(FAMILIES))
+    if unknown:
+        raise UsageError(
+            f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}",
+            hint=f"--leave-out takes {', '.join(FAMILIES)}",
+        )
     started = time.perf_counter()
     check_destination(archive, overwrite)
     source = MlflowSource(resolve_tracking_uri(tracking_uri))
@@ -113,6 +160,7 @@ def pack(
             "experiments": list(experiments) if experiments else None,
             "experiment_ids": [e.experiment_id for e in selected],
             "artifacts": artifacts,
+            "families": [f for f in FAMILIES if f not in leave_out],
         },
         overwrite=overwrite,
     )
@@ -137,6 +185,17 @@ def pack(
                 shutil.rmtree(downloads / run.run_id, ignore_errors=True)
                 bar.advance()
         bar.close()
+        scope = PackScope(
+            client=source.client,
+            call=source.call,
+            tracking_uri=source.uri,
+            experiment_ids=[e.experiment_id for e in selected],
+            run_ids=frozenset(r.run_id for r in runs),
+            everything=not experiments,
+            notes=source.notes,
+            workers=workers,
+        )
+        _pack_families(scope, writer, leave_out, downloads if artifacts else None)
         shutil.rmtree(downloads, ignore_errors=True)
         manifest, digest = writer.finish()
     except BaseException:

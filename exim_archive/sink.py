@@ -25,7 +25,7 @@ from .records import DatasetInputRecord, RunRecord
 from .sql_metrics import LazyFastPath
 from .uri import redact_uri
 
-__all__ = ["ExistingRun", "MlflowSink", "TargetExperiment"]
+__all__ = ["ExistingRun", "Fitted", "MlflowSink", "TargetExperiment", "fit_tags"]
 
 # MLflow 3.17's limits (mlflow/utils/validation.py): unpack's limits rule applies them before
 # writing, and the proof after unpack expects values as that rule wrote them.
@@ -34,6 +34,34 @@ RUN_TAG_VALUE_LIMIT = 8000
 PARAM_VALUE_LIMIT = 6000
 EXPERIMENT_TAG_VALUE_LIMIT = 20000
 EXPERIMENT_NAME_LIMIT = 500
+REGISTRY_TAG_VALUE_LIMIT = 5000
+"""Registered-model and model-version tag values: MLflow allows 100,000, but the database
+columns are VARCHAR(5000) on PostgreSQL and MySQL."""
+TRACE_TAG_VALUE_LIMIT = 8000
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Tags cut to MLflow's limits, and what was cut."""
+
+    tags: dict[str, str]
+    notes: list[str]
+
+
+def fit_tags(tags: Mapping[str, str], value_limit: int, what: str) -> Fitted:
+    """Apply the one rule for values MLflow would reject: long keys skipped, long values cut."""
+    out: dict[str, str] = {}
+    notes: list[str] = []
+    for key, value in tags.items():
+        if len(key) > KEY_LIMIT:
+            notes.append(f"{what}: tag key {key[:60]!r}... is over {KEY_LIMIT} chars: not written")
+            continue
+        if len(value) > value_limit:
+            notes.append(f"{what}: tag {key!r} value cut from {len(value)} to {value_limit} chars")
+            value = value[:value_limit]
+        out[key] = value
+    return Fitted(out, notes)
+
 
 METRICS_PER_BATCH = 1000
 PARAMS_PER_BATCH = 100
@@ -294,6 +322,11 @@ class MlflowSink:
             lambda: self.client.delete_tag(run_id, INCOMPLETE_TAG),
             before_retry=already_gone,
         )
+
+    def artifact_uri(self, run_id: str) -> str | None:
+        run = self.call(f"reading run {run_id}", lambda: self.client.get_run(run_id))
+        uri: str | None = run.info.artifact_uri
+        return uri
 
     def _run_stage_is(self, run_id: str, stage: str) -> bool | None:
         """For a retry: True if an earlier try already brought the run to ``stage``."""

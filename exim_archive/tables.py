@@ -1,6 +1,8 @@
-"""The tables of format 1.0: names, Arrow schemas, keys and sort orders.
+"""The tables of format 1.1: names, Arrow schemas, keys and sort orders.
 
-This module is the code's copy of ``spec/1.0/tables.json``; a test keeps the two equal. Every
+This module is the code's copy of ``spec/1.1/tables.json``; a test keeps the two equal. Tables
+marked ``since="1.1"`` (the model registry, logged models, traces, prompts and evaluation
+datasets) are absent from 1.0 archives, which read as if they were empty. Every
 Parquet file carries ``exim.table`` and ``exim.schema_version`` in its key-value metadata.
 """
 
@@ -12,7 +14,7 @@ import pyarrow as pa
 
 __all__ = ["METRICS", "TABLES", "TableSpec", "schema_to_json"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class TableSpec:
     sort_key: tuple[str, ...]
     references: tuple[tuple[str, str, str], ...] = ()
     """(column, table, column): each value must exist in the referenced table's column."""
+    since: str = "1.0"
+    """The format version that introduced the table; older archives do not have it."""
 
     @property
     def member(self) -> str:
@@ -37,6 +41,25 @@ def _s(name: str, nullable: bool = False) -> pa.Field:
 
 def _i(name: str, nullable: bool = False) -> pa.Field:
     return pa.field(name, pa.int64(), nullable=nullable)
+
+
+def _kv(owner: tuple[str, ...], table: str, since: str = "1.1") -> TableSpec:
+    """A key/value table (tags, params, metadata) of the objects in ``owner``'s table."""
+    first = owner[0]
+    return TableSpec(
+        "",
+        pa.schema([*(_i(c) if c == "version" else _s(c) for c in owner), _s("key"), _s("value")]),
+        primary_key=(*owner, "key"),
+        sort_key=(*owner, "key"),
+        references=((first, table, first),),
+        since=since,
+    )
+
+
+def _named(name: str, spec: TableSpec) -> TableSpec:
+    return TableSpec(
+        name, spec.schema, spec.primary_key, spec.sort_key, spec.references, spec.since
+    )
 
 
 _RUN_REF = (("run_id", "runs", "run_id"),)
@@ -154,6 +177,254 @@ ARTIFACTS = TableSpec(
     references=_RUN_REF,
 )
 
+# -- 1.1: the model registry (prompts are registered models of kind "prompt") ---------------
+
+REGISTERED_MODELS = TableSpec(
+    "registered_models",
+    pa.schema(
+        [
+            _s("name"),
+            _s("kind"),
+            _s("description", True),
+            _i("creation_timestamp", True),
+            _i("last_updated_timestamp", True),
+            _s("user_id", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("name",),
+    sort_key=("name",),
+    since="1.1",
+)
+_MODEL_REF = (("name", "registered_models", "name"),)
+REGISTERED_MODEL_TAGS = _named("registered_model_tags", _kv(("name",), "registered_models"))
+REGISTERED_MODEL_ALIASES = TableSpec(
+    "registered_model_aliases",
+    pa.schema([_s("name"), _s("alias"), _i("version")]),
+    primary_key=("name", "alias"),
+    sort_key=("name", "alias"),
+    references=_MODEL_REF,
+    since="1.1",
+)
+MODEL_VERSIONS = TableSpec(
+    "model_versions",
+    pa.schema(
+        [
+            _s("name"),
+            _i("version"),
+            _s("description", True),
+            _s("source", True),
+            _s("run_id", True),
+            _s("run_scope"),
+            _s("run_link", True),
+            _s("model_id", True),
+            _s("model_scope"),
+            _s("current_stage", True),
+            _s("status", True),
+            _s("status_message", True),
+            _s("user_id", True),
+            _i("creation_timestamp", True),
+            _i("last_updated_timestamp", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("name", "version"),
+    sort_key=("name", "version"),
+    references=_MODEL_REF,
+    since="1.1",
+)
+MODEL_VERSION_TAGS = _named("model_version_tags", _kv(("name", "version"), "registered_models"))
+
+# -- 1.1: logged models (MLflow 3) and the runs' model inputs and outputs --------------------
+
+_LOGGED_MODEL_REF = (("model_id", "logged_models", "model_id"),)
+LOGGED_MODELS = TableSpec(
+    "logged_models",
+    pa.schema(
+        [
+            _s("model_id"),
+            _s("experiment_id"),
+            _s("name"),
+            _s("model_type", True),
+            _s("source_run_id", True),
+            _s("status", True),
+            _s("status_message", True),
+            _s("artifact_location", True),
+            _i("creation_timestamp", True),
+            _i("last_updated_timestamp", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("model_id",),
+    sort_key=("model_id",),
+    references=(("experiment_id", "experiments", "experiment_id"),),
+    since="1.1",
+)
+LOGGED_MODEL_PARAMS = _named("logged_model_params", _kv(("model_id",), "logged_models"))
+LOGGED_MODEL_TAGS = _named("logged_model_tags", _kv(("model_id",), "logged_models"))
+LOGGED_MODEL_METRICS = TableSpec(
+    "logged_model_metrics",
+    pa.schema(
+        [
+            _s("model_id"),
+            _s("key"),
+            _i("step"),
+            _i("timestamp"),
+            pa.field("value", pa.float64(), nullable=False),
+            _s("run_id", True),
+            _s("dataset_name", True),
+            _s("dataset_digest", True),
+        ]
+    ),
+    primary_key=(),
+    sort_key=("model_id", "key", "step", "timestamp", "value", "run_id"),
+    references=_LOGGED_MODEL_REF,
+    since="1.1",
+)
+LOGGED_MODEL_ARTIFACTS = TableSpec(
+    "logged_model_artifacts",
+    pa.schema(
+        [_s("model_id"), _s("path"), _i("size"), _s("sha256"), _s("member"), _s("compression")]
+    ),
+    primary_key=("model_id", "path"),
+    sort_key=("model_id", "path"),
+    references=_LOGGED_MODEL_REF,
+    since="1.1",
+)
+RUN_MODEL_IO = TableSpec(
+    "run_model_io",
+    pa.schema([_s("run_id"), _s("direction"), _s("model_id"), _i("step", True)]),
+    primary_key=("run_id", "direction", "model_id"),
+    sort_key=("run_id", "direction", "model_id"),
+    references=_RUN_REF,
+    since="1.1",
+)
+
+# -- 1.1: traces (MLflow 3 GenAI) ------------------------------------------------------------
+
+_TRACE_REF = (("trace_id", "traces", "trace_id"),)
+TRACES = TableSpec(
+    "traces",
+    pa.schema(
+        [
+            _s("trace_id"),
+            _s("experiment_id"),
+            _i("request_time", True),
+            _i("execution_duration", True),
+            _s("state", True),
+            _s("request_preview", True),
+            _s("response_preview", True),
+            _s("client_request_id", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("trace_id",),
+    sort_key=("trace_id",),
+    references=(("experiment_id", "experiments", "experiment_id"),),
+    since="1.1",
+)
+TRACE_TAGS = _named("trace_tags", _kv(("trace_id",), "traces"))
+TRACE_METADATA = _named("trace_metadata", _kv(("trace_id",), "traces"))
+SPANS = TableSpec(
+    "spans",
+    pa.schema(
+        [
+            _s("trace_id"),
+            _s("span_id"),
+            _s("parent_span_id", True),
+            _s("name", True),
+            _i("start_time_ns", True),
+            _i("end_time_ns", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("trace_id", "span_id"),
+    sort_key=("trace_id", "start_time_ns", "span_id"),
+    references=_TRACE_REF,
+    since="1.1",
+)
+ASSESSMENTS = TableSpec(
+    "assessments",
+    pa.schema(
+        [
+            _s("assessment_id"),
+            _s("trace_id"),
+            _s("name", True),
+            _s("span_id", True),
+            _s("run_id", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("assessment_id",),
+    sort_key=("trace_id", "assessment_id"),
+    references=_TRACE_REF,
+    since="1.1",
+)
+TRACE_RUNS = TableSpec(
+    "trace_runs",
+    pa.schema([_s("trace_id"), _s("run_id")]),
+    primary_key=("trace_id", "run_id"),
+    sort_key=("trace_id", "run_id"),
+    references=_TRACE_REF,
+    since="1.1",
+)
+
+# -- 1.1: evaluation datasets (MLflow 3 GenAI) -----------------------------------------------
+
+_DATASET_REF = (("dataset_id", "evaluation_datasets", "dataset_id"),)
+EVALUATION_DATASETS = TableSpec(
+    "evaluation_datasets",
+    pa.schema(
+        [
+            _s("dataset_id"),
+            _s("name"),
+            _s("digest", True),
+            _s("schema", True),
+            _s("profile", True),
+            _i("created_time", True),
+            _i("last_update_time", True),
+            _s("created_by", True),
+            _s("last_updated_by", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("dataset_id",),
+    sort_key=("dataset_id",),
+    since="1.1",
+)
+EVALUATION_DATASET_TAGS = _named(
+    "evaluation_dataset_tags", _kv(("dataset_id",), "evaluation_datasets")
+)
+EVALUATION_DATASET_EXPERIMENTS = TableSpec(
+    "evaluation_dataset_experiments",
+    pa.schema([_s("dataset_id"), _s("experiment_id")]),
+    primary_key=("dataset_id", "experiment_id"),
+    sort_key=("dataset_id", "experiment_id"),
+    references=_DATASET_REF,
+    since="1.1",
+)
+EVALUATION_DATASET_RECORDS = TableSpec(
+    "evaluation_dataset_records",
+    pa.schema(
+        [
+            _s("dataset_id"),
+            _s("record_id"),
+            _s("inputs", True),
+            _s("outputs", True),
+            _s("expectations", True),
+            _s("tags", True),
+            _s("source", True),
+            _i("created_time", True),
+            _i("last_update_time", True),
+            _s("source_json"),
+        ]
+    ),
+    primary_key=("dataset_id", "record_id"),
+    sort_key=("dataset_id", "record_id"),
+    references=_DATASET_REF,
+    since="1.1",
+)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
@@ -166,6 +437,27 @@ TABLES: dict[str, TableSpec] = {
         DATASET_INPUT_TAGS,
         METRICS,
         ARTIFACTS,
+        REGISTERED_MODELS,
+        REGISTERED_MODEL_TAGS,
+        REGISTERED_MODEL_ALIASES,
+        MODEL_VERSIONS,
+        MODEL_VERSION_TAGS,
+        LOGGED_MODELS,
+        LOGGED_MODEL_PARAMS,
+        LOGGED_MODEL_TAGS,
+        LOGGED_MODEL_METRICS,
+        LOGGED_MODEL_ARTIFACTS,
+        RUN_MODEL_IO,
+        TRACES,
+        TRACE_TAGS,
+        TRACE_METADATA,
+        SPANS,
+        ASSESSMENTS,
+        TRACE_RUNS,
+        EVALUATION_DATASETS,
+        EVALUATION_DATASET_TAGS,
+        EVALUATION_DATASET_EXPERIMENTS,
+        EVALUATION_DATASET_RECORDS,
     )
 }
 
@@ -187,6 +479,7 @@ def schema_to_json() -> dict[str, object]:
                 "references": [
                     {"column": c, "table": t, "table_column": tc} for c, t, tc in spec.references
                 ],
+                "since": spec.since,
             }
             for spec in TABLES.values()
         },

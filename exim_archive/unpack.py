@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from .bundle_reader import ArchiveReader
 from .errors import TargetError
+from .families import UnpackScope
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, Origin, experiment_source_tags, run_source_tags
 from .pool import ordered_map
 from .progress import Progress
@@ -31,11 +32,11 @@ from .records import ArtifactRecord, ExperimentRecord, RunRecord
 from .sink import (
     EXPERIMENT_NAME_LIMIT,
     EXPERIMENT_TAG_VALUE_LIMIT,
-    KEY_LIMIT,
     PARAM_VALUE_LIMIT,
     RUN_TAG_VALUE_LIMIT,
     ExistingRun,
     MlflowSink,
+    fit_tags,
 )
 from .target_lock import TargetLock
 from .uri import redact_uri, resolve_tracking_uri
@@ -65,6 +66,8 @@ class UnpackReport:
     id_map: dict[str, dict[str, str]] = field(
         default_factory=lambda: {"experiments": {}, "runs": {}}
     )
+    families: dict[str, int] = field(default_factory=dict)
+    """What the 1.1 families wrote: created and skipped counts per object type."""
     notes: list[str] = field(default_factory=list)
     retries: int = 0
     runs_checked: int = 0
@@ -75,17 +78,9 @@ class UnpackReport:
 
 
 def _fit(tags: dict[str, str], value_limit: int, what: str, notes: list[str]) -> dict[str, str]:
-    """Apply the one rule for values MLflow would reject: long keys skipped, long values cut."""
-    out = {}
-    for key, value in tags.items():
-        if len(key) > KEY_LIMIT:
-            notes.append(f"{what}: tag key {key[:60]!r}... is over {KEY_LIMIT} chars: not written")
-            continue
-        if len(value) > value_limit:
-            notes.append(f"{what}: tag {key!r} value cut from {len(value)} to {value_limit} chars")
-            value = value[:value_limit]
-        out[key] = value
-    return out
+    fitted = fit_tags(tags, value_limit, what)
+    notes.extend(fitted.notes)
+    return fitted.tags
 
 
 @dataclass
@@ -300,8 +295,59 @@ class _Unpacker:
             bar.advance()
         bar.close()
         self.report.artifacts = sum(len(self.artifacts.get(r.run_id, [])) for r in todo)
-        self.apply_lifecycle(targets, {r.run_id for r in todo})
         self.report.id_map["runs"] = dict(sorted(self.run_ids.items()))
+        self.write_families()
+        self.apply_lifecycle(targets, {r.run_id for r in todo})
+
+    def write_families(self) -> None:
+        """Logged models, then the registry (its versions point at runs and logged models),
+        traces and evaluation datasets; before deletions, which would block these writes."""
+        from .eval_datasets import write_eval_datasets
+        from .logged_models import write_logged_models
+        from .registry import write_registry
+        from .traces import write_traces
+
+        rows = self.reader.family_rows()
+        if not any(rows.values()):
+            return
+        scope = UnpackScope(
+            client=self.sink.client,
+            call=self.sink.call,
+            tracking_uri=self.sink.uri,
+            experiments=self.report.id_map["experiments"],
+            runs=self.run_ids,
+            run_artifact_uris=self.artifact_uris(rows),
+            origin=self.origin if self.lineage else None,
+            notes=self.report.notes,
+            workers=self.workers,
+        )
+        counts = self.report.families
+        counts.update(
+            write_logged_models(
+                scope, rows, self.reader.model_artifacts(), self.reader.extract_artifact
+            )
+        )
+        registry_counts, versions = write_registry(scope, rows)
+        counts.update(registry_counts)
+        counts.update(write_traces(scope, rows))
+        counts.update(write_eval_datasets(scope, rows))
+        self.report.id_map["logged_models"] = dict(sorted(scope.logged_models.items()))
+        self.report.id_map["model_versions"] = versions
+
+    def artifact_uris(
+        self, rows: dict[str, list[dict[str, Any]]]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """(source, target) artifact URI of each run a model version points at."""
+        by_id = {r.run_id: r for r in self.runs}
+        out: dict[str, tuple[str | None, str | None]] = {}
+        for v in rows.get("model_versions", []):
+            run_id = v["run_id"]
+            if run_id in by_id and run_id in self.run_ids and run_id not in out:
+                out[run_id] = (
+                    by_id[run_id].artifact_uri,
+                    self.sink.artifact_uri(self.run_ids[run_id]),
+                )
+        return out
 
     def apply_lifecycle(self, targets: list[_Target], filled: set[str]) -> None:
         """Delete, last, what the source had deleted (deleted objects refuse writes)."""

@@ -14,12 +14,14 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import tables as T
 from .bundle_reader import ArchiveReader, artifact_path_problem
+from .bundle_writer import FAMILY_COUNTS
 from .container import show_name
 from .errors import ArchiveFormatError
 from .manifest import MANIFEST_DIGEST_MEMBER, MANIFEST_MEMBER
@@ -36,6 +38,13 @@ _ALLOWED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "experiments": (("lifecycle_stage", _LIFECYCLE),),
     "runs": (("lifecycle_stage", _LIFECYCLE), ("status", _RUN_STATUS)),
     "artifacts": (("compression", ("none", "zstd")),),
+    "logged_model_artifacts": (("compression", ("none", "zstd")),),
+    "registered_models": (("kind", ("model", "prompt")),),
+    "model_versions": (
+        ("run_scope", ("archive", "outside", "none")),
+        ("model_scope", ("archive", "outside", "none")),
+    ),
+    "run_model_io": (("direction", ("input", "output")),),
 }
 """Columns whose values MLflow (or the reader) accepts from a fixed set."""
 
@@ -163,6 +172,9 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
     loaded: dict[str, pa.Table] = {}
     for spec in T.TABLES.values():
         entry = manifest.tables.get(spec.name)
+        if entry is None and reader.absent_by_version(spec):
+            loaded[spec.name] = spec.schema.empty_table()
+            continue
         if entry is None:
             problems.add(f"{about}: lists no table {spec.name}; {_HOSTILE}")
             continue
@@ -187,6 +199,7 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
             _check_unique(reader, spec, loaded[spec.name], problems)
     _check_values(reader, loaded, problems)
     _check_references(reader, loaded, problems)
+    _check_family_references(reader, loaded, problems)
     _check_counts(reader, loaded, problems)
     if not problems:
         _check_artifacts(reader, problems)
@@ -288,6 +301,49 @@ def _check_references(
                 )
 
 
+def _keys(table: pa.Table, columns: tuple[str, ...]) -> set[tuple[object, ...]]:
+    return set(zip(*(table.column(c).to_pylist() for c in columns), strict=True))
+
+
+def _check_family_references(
+    reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems
+) -> None:
+    """The references of format 1.1 that one column cannot express: versions' runs and logged
+    models (in the archive, or declared as outside the selection), aliases and version tags
+    naming an existing version."""
+    versions = loaded["model_versions"]
+    known = {
+        "run": set(loaded["runs"].column("run_id").to_pylist()),
+        "model": set(loaded["logged_models"].column("model_id").to_pylist()),
+    }
+    where = _table_where(reader, "model_versions") if versions.num_rows else ""
+    for row in versions.to_pylist():
+        label = f"{where}: version {row['version']} of {_q(row['name'])}"
+        for kind, column in (("run", "run_id"), ("model", "model_id")):
+            scope, value = row[f"{kind}_scope"], row[column]
+            if scope == "none" and value is not None:
+                problems.add(f"{label}: {kind}_scope is none but {column} is set; {_HOSTILE}")
+            elif scope == "outside" and value is None:
+                problems.add(f"{label}: {kind}_scope is outside but {column} is empty; {_HOSTILE}")
+            elif scope == "archive" and value not in known[kind]:
+                problems.add(
+                    f"{label}: {kind} {_q(value)} is not in the archive, and the version does "
+                    f"not declare it as outside the selection; {_HOSTILE}"
+                )
+    numbered = _keys(versions, ("name", "version"))
+    for name in ("registered_model_aliases", "model_version_tags"):
+        table = loaded[name]
+        for key in sorted(_keys(table, ("name", "version")) - numbered, key=str)[:5]:
+            problems.add(
+                f"{_table_where(reader, name)}: names version {key[1]} of {_q(key[0])}, "
+                f"which is not in table model_versions; {_HOSTILE}"
+            )
+
+
+def _rows_of(loaded: dict[str, pa.Table], name: str) -> int:
+    return int(loaded[name].num_rows)
+
+
 def _check_counts(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems) -> None:
     counts = reader.manifest.counts
     expected: dict[str, Callable[[], int]] = {
@@ -296,6 +352,7 @@ def _check_counts(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: 
         "params": lambda: loaded["run_params"].num_rows,
         "tags": lambda: loaded["run_tags"].num_rows,
         "artifacts": lambda: loaded["artifacts"].num_rows,
+        **{name: partial(_rows_of, loaded, table) for name, table in FAMILY_COUNTS.items()},
     }
     about = reader.container.where(MANIFEST_MEMBER)
     for name, actual in expected.items():
@@ -315,15 +372,17 @@ def _check_artifacts(reader: ArchiveReader, problems: _Problems) -> None:
             )
     decoded: dict[str, tuple[int, str] | None] = {}
     paths: dict[str, set[str]] = defaultdict(set)
+    owned = [("artifacts", "run", r) for r in reader.artifacts()]
+    owned += [("logged_model_artifacts", "logged model", r) for r in reader.model_artifacts()]
     where = _table_where(reader, "artifacts")
-    for record in reader.artifacts():
-        what = f"artifact {_q(record.path)} of run {_q(record.run_id)}"
-        label = f"{where}: {what}"
+    for table, owner, record in owned:
+        what = f"artifact {_q(record.path)} of {owner} {_q(record.run_id)}"
+        label = f"{_table_where(reader, table)}: {what}"
         problem = artifact_path_problem(record.path)
         if problem:
             problems.add(f"{label}: path {problem}; refusing a hostile archive")
             continue
-        paths[record.run_id].add(record.path)
+        paths[f"{owner} {record.run_id}"].add(record.path)
         if not _SHA.fullmatch(record.sha256) or record.size < 0:
             problems.add(f"{label}: sha256 or size is malformed; {_HOSTILE}")
             continue
@@ -368,7 +427,7 @@ def _check_artifacts(reader: ArchiveReader, problems: _Problems) -> None:
                 folder = "/".join(parts[:i])
                 if folder in run_paths:
                     problems.add(
-                        f"{where}: artifact {_q(folder)} of run {_q(run_id)} is both a file "
+                        f"{where}: artifact {_q(folder)} of {run_id} is both a file "
                         f"and the folder of {_q(path)}; {_HOSTILE}"
                     )
                     break

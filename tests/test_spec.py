@@ -22,15 +22,18 @@ import pytest
 from exim_archive.container import MEMBER_NAME_RE
 from exim_archive.demo import seed_sample_store
 from exim_archive.manifest import MANIFEST_DIGEST_MEMBER, MANIFEST_MEMBER, canonical_json
+from exim_archive.bundle_writer import FAMILY_COUNTS
 from exim_archive.pack import pack
 from exim_archive.tables import schema_to_json
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 V1 = SPEC / "1.0"
+V11 = SPEC / "1.1"
 
 RELEASED_SHA256 = {
     "1.0/manifest.schema.json": "13ffa60588603a23dfecf025d25776008a46fa30d7bdffe521c78d5bf1e63d31",
     "1.0/tables.json": "50e75ca070cb64dd8800edca511cccf9687ae51c241fd01a040eecf675adca60",
+    "1.1/tables.json": "548dd981b7e80d70cf1ee664d550329473323de693420f9af52f69a48806cf9e",
 }
 """Released schema files never change; a new format version gets new files (spec/README.md)."""
 
@@ -76,10 +79,20 @@ def _parquet_members(archive: Path, manifest: dict[str, Any]) -> Iterator[tuple[
 
 
 def test_tables_json_equals_the_code() -> None:
-    text = (V1 / "tables.json").read_text(encoding="utf-8")
+    text = (V11 / "tables.json").read_text(encoding="utf-8")
     expected = schema_to_json()
     assert json.loads(text) == expected
     assert text == json.dumps(expected, indent=2, sort_keys=True) + "\n"
+
+
+def test_minor_version_only_adds_tables() -> None:
+    """1.1 keeps every 1.0 table as it was (spec/README.md: minor versions only add)."""
+    old = json.loads((V1 / "tables.json").read_text(encoding="utf-8"))["tables"]
+    new = json.loads((V11 / "tables.json").read_text(encoding="utf-8"))["tables"]
+    for name, table in old.items():
+        assert {k: v for k, v in new[name].items() if k != "since"} == table
+        assert new[name]["since"] == "1.0"
+    assert all(new[name]["since"] == "1.1" for name in set(new) - set(old))
 
 
 # -- (b) released files are pinned ---------------------------------------------------------------
@@ -107,12 +120,13 @@ def test_manifest_validates_against_schema(manifest: dict[str, Any]) -> None:
     schema = _load("manifest.schema.json")
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.Draft202012Validator(schema).validate(manifest)
-    # A 1.0 writer writes exactly the 1.0 fields (the schema allows more for newer minors).
+    # A 1.1 writer writes the 1.0 fields; 1.1 adds only counts (the schema allows more).
     assert set(manifest) == set(schema["required"])
-    assert set(manifest["counts"]) == set(schema["properties"]["counts"]["required"])
+    added = set(FAMILY_COUNTS) | {"prompts"}
+    assert set(manifest["counts"]) == set(schema["properties"]["counts"]["required"]) | added
     spec: Any = schema_to_json()
     assert set(manifest["tables"]) == set(spec["tables"])
-    assert manifest["format_version"] == "1.0"
+    assert manifest["format_version"] == "1.1"
     assert manifest["features"] == []
 
 
