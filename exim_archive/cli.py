@@ -84,6 +84,15 @@ def pack(
     no_artifacts: Annotated[
         bool, typer.Option("--no-artifacts", help="Leave run artifacts out.")
     ] = False,
+    leave_out: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--leave-out",
+            help="Leave a family out: logged-models, registry, prompts, traces or "
+            "evaluation-datasets; repeat for more. Default: all that belong to the selection.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace ARCHIVE if it exists.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -96,6 +105,7 @@ def pack(
         experiments=experiment,
         artifacts=not no_artifacts,
         overwrite=force,
+        leave_out=frozenset(leave_out or ()),
     )
     for warning in report.warnings:
         _say(f"note: {warning}")
@@ -105,7 +115,10 @@ def pack(
     c = report.counts
     _say(
         f"packed {c['experiments']} experiments, {c['runs']} runs, {c['metric_points']:,} metric "
-        f"points, {c['artifacts']} artifacts into {report.archive} ({report.bytes:,} bytes) "
+        f"points, {c['artifacts']} artifacts, {c['registered_models']} registered models and "
+        f"prompts ({c['model_versions']} versions), {c['logged_models']} logged models, "
+        f"{c['traces']} traces, {c['evaluation_datasets']} evaluation datasets "
+        f"into {report.archive} ({report.bytes:,} bytes) "
         f"in {report.seconds:.1f} s"
         + (f" ({report.retries} retried calls)" if report.retries else "")
     )
@@ -144,7 +157,8 @@ def unpack(
         f"{report.experiments_reused} reused; runs {report.runs_created} created, "
         f"{report.runs_resumed} resumed, {report.runs_already_complete} already there; "
         f"{report.metric_points:,} metric points, {report.artifacts} artifacts; "
-        f"{report.runs_checked} runs checked against the archive "
+        + "".join(f"{k.replace('_', ' ')} {v}; " for k, v in report.families.items() if v)
+        + f"{report.runs_checked} runs checked against the archive "
         f"in {report.seconds:.1f} s"
         + (f" ({report.retries} retried calls)" if report.retries else "")
     )

@@ -330,7 +330,8 @@ def open_client(uri: str, call: Caller) -> Any:
         _quiet_database_retries()
 
     def connect() -> Any:
-        client = MlflowClient(tracking_uri=uri)
+        # the registry lives on the same server; never the process-wide registry URI
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)
         return client
 

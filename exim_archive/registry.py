@@ -219,7 +219,7 @@ class _RegistryWriter:
             "registered_models_created": 0,
             "model_versions_created": 0,
             "model_versions_skipped": 0,
-            "model_versions_not_created": 0,
+            "model_versions_refused": 0,
             "aliases": 0,
         }
         self.version_map: dict[str, dict[str, int]] = {}
@@ -406,6 +406,11 @@ class _RegistryWriter:
             self._outside_runs[run_id] = self.find_unpacked_run(run_id)
         return self._outside_runs[run_id]
 
+    def target_artifact_uri(self, run_id: str) -> str | None:
+        run = self.scope.call(f"reading run {run_id}", partial(self.scope.client.get_run, run_id))
+        uri: str | None = run.info.artifact_uri
+        return uri
+
     def find_unpacked_run(self, run_id: str) -> str | None:
         from mlflow.entities import ViewType
 
@@ -444,6 +449,14 @@ class _RegistryWriter:
             before, after = self.scope.run_artifact_uris[old_run]
             if before and after and source.startswith(before.rstrip("/") + "/"):
                 return after.rstrip("/") + source[len(before.rstrip("/")) :]
+        marker = f"/{old_run}/artifacts"
+        if old_run and run_id and marker in source:
+            # a run from another archive: its source artifact URI is not here, but MLflow's
+            # run artifact URIs end in <run_id>/artifacts on every store
+            after = self.target_artifact_uri(run_id)
+            rest = source.split(marker, 1)[1]
+            if after and (rest == "" or rest.startswith("/")):
+                return after.rstrip("/") + rest
         if old_model in self.scope.model_locations:
             before, after = self.scope.model_locations[old_model]
             if before and after and (source == before or source.startswith(before + "/")):
@@ -509,7 +522,7 @@ class _RegistryWriter:
                         f"version {v['version']} of {name!r} was not created: {exc}; unpack "
                         "the archive that holds its run first, then this one again"
                     )
-                    self.counts["model_versions_not_created"] += 1
+                    self.counts["model_versions_refused"] += 1
                     return None
                 raise
             number = int(made.version)
@@ -545,11 +558,11 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils
 
     before = getattr(utils, "_tracking_uri", None)
-    utils._tracking_uri = uri
+    setattr(utils, "_tracking_uri", uri)  # noqa: B010 (typed None in MLflow)
     try:
         yield
     finally:
-        utils._tracking_uri = before
+        setattr(utils, "_tracking_uri", before)  # noqa: B010
 
 
 def write_registry(scope: UnpackScope, rows: Rows) -> tuple[dict[str, int], dict[str, Any]]:

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from exim_archive.bundle_writer import FAMILY_COUNTS
 from exim_archive.container import MEMBER_NAME_RE
 from exim_archive.demo import seed_sample_store
 from exim_archive.manifest import MANIFEST_DIGEST_MEMBER, MANIFEST_MEMBER, canonical_json
-from exim_archive.bundle_writer import FAMILY_COUNTS
 from exim_archive.pack import pack
 from exim_archive.tables import schema_to_json
 
