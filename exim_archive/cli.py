@@ -115,14 +115,23 @@ def pack(
     c = report.counts
     _say(
         f"packed {c['experiments']} experiments, {c['runs']} runs, {c['metric_points']:,} metric "
-        f"points, {c['artifacts']} artifacts, {c['registered_models']} registered models and "
-        f"prompts ({c['model_versions']} versions), {c['logged_models']} logged models, "
-        f"{c['traces']} traces, {c['evaluation_datasets']} evaluation datasets "
-        f"into {report.archive} ({report.bytes:,} bytes) "
+        f"points, {c['artifacts']} artifacts"
+        + "".join(f", {c[k]} {label}" for k, label in _FAMILY_LABELS if c.get(k))
+        + f" into {report.archive} ({report.bytes:,} bytes) "
         f"in {report.seconds:.1f} s"
         + (f" ({report.retries} retried calls)" if report.retries else "")
     )
     typer.echo(f"sha256:{report.digest}")
+
+
+_FAMILY_LABELS = (
+    ("registered_models", "registered models and prompts"),
+    ("model_versions", "model and prompt versions"),
+    ("logged_models", "logged models"),
+    ("traces", "traces"),
+    ("spans", "spans"),
+    ("evaluation_datasets", "evaluation datasets"),
+)
 
 
 @app.command()

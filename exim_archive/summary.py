@@ -90,7 +90,7 @@ def render_summary(info: dict[str, Any]) -> str:
         lines.append(f"  {e['experiment_id']:>6}  {e['name']}{state}: {e['runs']} runs")
     lines.append("tables")
     for name, t in info["tables"].items():
-        lines.append(f"  {name:<20} {t['rows']:>12,} rows {t['bytes']:>14,} bytes")
+        lines.append(f"  {name:<30} {t['rows']:>12,} rows {t['bytes']:>14,} bytes")
     b = info["blobs"]
-    lines.append(f"  {'artifact blobs':<20} {b['members']:>12,} files {b['bytes']:>13,} bytes")
+    lines.append(f"  {'artifact blobs':<30} {b['members']:>12,} files {b['bytes']:>13,} bytes")
     return "\n".join(lines)

@@ -277,7 +277,7 @@ LOGGED_MODEL_METRICS = TableSpec(
         ]
     ),
     primary_key=(),
-    sort_key=("model_id", "key", "step", "timestamp", "value", "run_id"),
+    sort_key=("model_id", "key", "step", "timestamp", "value"),
     references=_LOGGED_MODEL_REF,
     since="1.1",
 )
@@ -339,7 +339,7 @@ SPANS = TableSpec(
         ]
     ),
     primary_key=("trace_id", "span_id"),
-    sort_key=("trace_id", "start_time_ns", "span_id"),
+    sort_key=("trace_id", "span_id"),
     references=_TRACE_REF,
     since="1.1",
 )

@@ -157,7 +157,7 @@ def test_inspect_json_and_text(
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "a.exim"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["format_version"] == "1.0"
+    assert info["format_version"] == "1.1"
     assert info["counts"]["runs"] == 5 and info["counts"]["deleted_runs"] == 2
     assert {e["name"]: e["runs"] for e in info["experiments"]}[names[0]] == 4
     assert info["source"]["tracking_uri"] == uri
