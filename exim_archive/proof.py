@@ -3,8 +3,8 @@
 For every experiment: it exists under its name with the archive's lifecycle. For every run: it
 exists once (found by its source-run tag), is complete, has the archive's lifecycle, every param
 and every source tag with its value (as unpack's limits rule wrote it), as many distinct metric
-points per key, and every artifact file with its size. Used at the end of ``unpack`` and by
-``verify --against``.
+points per key, and every artifact file with its size. Then the families of format 1.1 (see
+:mod:`.family_proof`). Used at the end of ``unpack`` and by ``verify --against``.
 """
 
 from __future__ import annotations
@@ -133,12 +133,14 @@ def check_against(
             files[art.run_id][art.path] = art.size
         points = _distinct_points(reader)
         experiment_ids = []
+        experiment_map: dict[str, str] = {}
         for exp in reader.experiments():
             found = sink.find_experiment(exp.name)
             if found is None:
                 report.add(f"experiment {exp.name!r}: missing in the target")
                 continue
             experiment_ids.append(found.experiment_id)
+            experiment_map[exp.experiment_id] = found.experiment_id
             if found.lifecycle_stage != exp.lifecycle_stage:
                 report.add(
                     f"experiment {exp.name!r}: is {found.lifecycle_stage} in the target, "
@@ -176,6 +178,9 @@ def check_against(
                 run_ids,
             )
             report.runs_checked += 1
+        from .family_proof import check_families  # the family modules load only when needed
+
+        check_families(report, reader, sink.client, sink.call, uri, experiment_map)
     return report
 
 

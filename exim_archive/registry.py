@@ -322,6 +322,30 @@ class _RegistryWriter:
 
     # -- versions ---------------------------------------------------------------------------
 
+    def target_versions(self, name: str, kind: str, top: int) -> list[Any]:
+        """The model's live versions in the target."""
+        if "'" in name:
+            # MLflow's filter grammar has no escape for a quote: look numbers up one by one
+            found = (self.get_version(name, n) for n in range(1, top + 64))
+            return [v for v in found if v is not None]
+        filt = f"name = '{name}'" + (f" AND {_PROMPT_FILTER}" if kind == "prompt" else "")
+        out: list[Any] = []
+        token = None
+        while True:
+            page = self.scope.call(
+                f"listing versions of {name!r}",
+                partial(
+                    self.registry.search_model_versions,
+                    filt,
+                    max_results=200_000,
+                    page_token=token,
+                ),
+            )
+            out.extend(page)
+            if not page.token or page.token == token:
+                return out
+            token = page.token
+
     def get_version(self, name: str, number: int) -> Any:
         return _get(
             self.scope,
@@ -339,30 +363,27 @@ class _RegistryWriter:
         name = model["name"]
         numbers: dict[int, int] = {}
         wanted = {v["version"]: v for v in versions}
-        top = max(wanted, default=0)
+        present: dict[str, int] = {}  # source number (its tag) -> target number
         foreign = False
-        for number in range(1, top + 1):
-            current = self.get_version(name, number)
-            source = wanted.get(number)
-            if source is None:
-                # a gap: a live version here is a placeholder an interrupted unpack left behind
-                if current is not None and current.tags.get(SOURCE_VERSION_TAG) not in (
-                    None,
-                    str(number),
-                ):
-                    self.delete_version(name, number)
-                continue
-            if current is not None and current.tags.get(SOURCE_VERSION_TAG) == str(number):
-                numbers[number] = number
+        for current in self.target_versions(name, model["kind"], max(wanted, default=0)):
+            number, tag = int(current.version), current.tags.get(SOURCE_VERSION_TAG)
+            if tag is None:
+                foreign = True
+            elif tag.isdigit() and number < int(tag):
+                # a gap placeholder an interrupted unpack left behind (only those are
+                # ever created below their source number)
+                self.delete_version(name, number)
+            elif tag not in present:
+                present[tag] = number
+        for number in sorted(wanted):
+            if str(number) in present:
+                numbers[number] = present[str(number)]
                 self.counts["model_versions_skipped"] += 1
                 continue
-            if current is not None:
-                foreign = True
-            made = self.create_version(model, source, vtags[(name, number)], fill_to=number)
+            made = self.create_version(model, wanted[number], vtags[(name, number)], number)
             if made is not None:
                 numbers[number] = made
-                if made != number and not foreign:
-                    foreign = True
+                foreign = foreign or made != number
         if foreign:
             moved = {k: v for k, v in numbers.items() if k != v}
             if moved:

@@ -555,7 +555,7 @@ def _manifest(good: bytes) -> list[Case]:
         m["features"] = [{"name": "encrypted-blobs", "must_understand": True}]
 
     duplicate_key = text.replace(
-        '"format_version":"1.0"', '"format_version":"1.0","format_version":"2.0"'
+        '"format_version":"1.1"', '"format_version":"1.1","format_version":"2.0"'
     )
     wrong_digest = f"{'0' * 64}  manifest.json\n".encode()
     real = hashlib.sha256(archive.manifest_bytes()).hexdigest()

@@ -1,8 +1,8 @@
-"""Write the golden valid archive ``tests/data/golden/v1.0-sample.exim`` and its counts.
+"""Write the golden valid archive ``tests/data/golden/v1.1-sample.exim`` and its counts.
 
 Seeds a throw-away sqlite store with :func:`exim_archive.demo.seed_sample_store`, packs it with
 ``SOURCE_DATE_EPOCH=1767225600`` and records what a reader must find in it next to it, in
-``v1.0-sample.json``. Run it only when the format's writer changes on purpose:
+``v1.1-sample.json``. Run it only when the format's writer changes on purpose:
 
     /work/venv/bin/python tests/make_golden.py
 """
@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
-GOLDEN = GOLDEN_DIR / "v1.0-sample.exim"
-GOLDEN_JSON = GOLDEN_DIR / "v1.0-sample.json"
+GOLDEN = GOLDEN_DIR / "v1.1-sample.exim"
+GOLDEN_JSON = GOLDEN_DIR / "v1.1-sample.json"
 SOURCE_DATE_EPOCH = "1767225600"
 
 

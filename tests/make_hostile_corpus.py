@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 
 from hostile import build_corpus  # noqa: E402
 
-GOLDEN = HERE / "data" / "golden" / "v1.0-sample.exim"
+GOLDEN = HERE / "data" / "golden" / "v1.1-sample.exim"
 CORPUS = HERE / "data" / "hostile"
 
 

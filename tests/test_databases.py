@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NewStore
+from families_workload import seed_families, snapshot_families
 from workload import as_sql_keeps, count_runs, seed_rich, snapshot
 
 from exim_archive import pack, unpack, verify
@@ -43,3 +44,23 @@ def test_sqlite_to_postgres_keeps_unicode_and_long_values(
     pack(tmp_path / "a.exim", tracking_uri=src)
     unpack(tmp_path / "a.exim", tracking_uri=postgres_uri, import_source_tags=True)
     assert snapshot(postgres_uri, names) == snapshot(src, names)
+
+
+def test_families_postgres_to_mariadb_and_back(
+    tmp_path: Path, postgres_uri: str, mysql_uri: str
+) -> None:
+    """Registry, prompts, logged models, traces and evaluation datasets read from and written
+    into both databases (MLflow's SQL stores, and the registry in the same database)."""
+    seed_families(postgres_uri, "pgf", tmp_path / "art")
+    want = snapshot_families(postgres_uri, "pgf")
+    assert want["versions"].keys() == {1, 3} and len(want["traces"]) == 1
+    archive = tmp_path / "f.exim"
+    report = pack(archive, tracking_uri=postgres_uri)
+    assert report.counts["model_versions"] == 4 and report.counts["traces"] == 1
+    unpack(archive, tracking_uri=mysql_uri, import_source_tags=True)
+    assert snapshot_families(mysql_uri, "pgf") == want
+    again = unpack(archive, tracking_uri=mysql_uri)
+    assert not [k for k, v in again.families.items() if k.endswith("_created") and v]
+    back = tmp_path / "back.exim"
+    pack(back, tracking_uri=mysql_uri)  # and read back out of MariaDB
+    assert verify(back).ok

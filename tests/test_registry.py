@@ -22,8 +22,6 @@ from exim_archive.pack import pack
 from exim_archive.unpack import unpack
 from exim_archive.verify import verify
 
-pytestmark = pytest.mark.server
-
 
 class AddOne(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
     def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
@@ -115,6 +113,7 @@ def _run_by_source(client: MlflowClient, exp_name: str, source_id: str) -> Any:
     return runs[0]
 
 
+@pytest.mark.server
 def test_registry_round_trip(
     source_server: MlflowServer,
     target_server: MlflowServer,
@@ -190,6 +189,7 @@ def test_registry_round_trip(
     assert len(target.search_model_versions(f"name = '{name}'")) == 3
 
 
+@pytest.mark.server
 def test_version_of_an_unselected_run_follows_when_its_run_arrives_first(
     source_server: MlflowServer,
     target_server: MlflowServer,
@@ -219,6 +219,7 @@ def test_version_of_an_unselected_run_follows_when_its_run_arrives_first(
     assert versions[5].source == f"{other.info.artifact_uri}/files"
 
 
+@pytest.mark.server
 def test_leave_out_families(
     source_server: MlflowServer, unique: str, tmp_path: Path, global_uri: None
 ) -> None:
@@ -234,3 +235,112 @@ def test_leave_out_families(
     assert (c["registered_models"], c["model_versions"], c["logged_models"]) == (0, 0, 0)
     assert c["runs"] == 2
     assert verify(archive).ok
+
+
+# -- verify: the references of format 1.1 (archives written directly, no server) ---------------
+
+
+def _version(**change: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": "m",
+        "version": 1,
+        "description": None,
+        "source": "runs:/r1/model",
+        "run_id": "r1",
+        "run_scope": "archive",
+        "run_link": None,
+        "model_id": None,
+        "model_scope": "none",
+        "current_stage": None,
+        "status": "READY",
+        "status_message": None,
+        "user_id": None,
+        "creation_timestamp": 1,
+        "last_updated_timestamp": 1,
+        "source_json": "{}",
+    }
+    row.update(change)
+    return row
+
+
+def _archive_with(path: Path, rows: dict[str, list[dict[str, Any]]]) -> Path:
+    from exim_archive.bundle_writer import ArchiveWriter
+    from exim_archive.records import ExperimentRecord, RunRecord
+
+    writer = ArchiveWriter(
+        path, created_at="2026-01-01T00:00:00Z", producer={}, source={}, selection={}
+    )
+    writer.add_experiment(ExperimentRecord("1", "e", None, "active", None, None))
+    writer.add_run(RunRecord("r1", "1", None, None, "FINISHED", 0, 0, "active", None))
+    model = {"name": "m", "kind": "model", "description": None, "creation_timestamp": None}
+    model |= {"last_updated_timestamp": None, "user_id": None, "source_json": "{}"}
+    writer.add_rows({"registered_models": [model], **rows})
+    writer.finish()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        ({}, None),
+        ({"model_versions": [_version(run_scope="outside", run_id="r9")]}, None),
+        ({"model_versions": [_version(run_id="r9")]}, "not in the archive"),
+        ({"model_versions": [_version(run_scope="outside", run_id=None)]}, "is empty"),
+        ({"model_versions": [_version(run_scope="elsewhere")]}, "not one of"),
+        (
+            {
+                "model_versions": [_version()],
+                "registered_model_aliases": [{"name": "m", "alias": "a", "version": 2}],
+            },
+            "names version 2",
+        ),
+        (
+            {"spans": [{"trace_id": "tr-x", "span_id": "s", "parent_span_id": None,
+                        "name": None, "start_time_ns": 0, "end_time_ns": 0,
+                        "source_json": "{}"}]},
+            "not in table traces",
+        ),
+    ],
+)  # fmt: skip
+def test_verify_checks_the_new_references(
+    tmp_path: Path, rows: dict[str, list[dict[str, Any]]], problem: str | None
+) -> None:
+    report = verify(_archive_with(tmp_path / "a.exim", rows))
+    if problem is None:
+        assert report.ok, report.problems
+    else:
+        assert not report.ok
+        assert any(problem in p for p in report.problems), report.problems
+
+
+def test_target_with_its_own_versions_gets_ours_once(
+    tmp_path: Path, new_sqlite: Any, global_uri: None
+) -> None:
+    """A target model that already has versions: ours get the next numbers (reported), and a
+    second unpack recognises them by their source-version tag instead of making them again."""
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "MLmodel").write_text("flavors: {}\n")
+    for uri, count in ((src, 1), (dst, 2)):
+        client = MlflowClient(uri, registry_uri=uri)
+        exp = client.create_experiment("e", artifact_location=(tmp_path / f"art{count}").as_uri())
+        run = client.create_run(exp)
+        client.log_artifacts(run.info.run_id, str(files), "model")
+        client.create_registered_model("shared")
+        for _ in range(count):
+            client.create_model_version(
+                "shared", f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+            )
+    pack(tmp_path / "a.exim", tracking_uri=src)
+    first = unpack(tmp_path / "a.exim", tracking_uri=dst)
+    assert first.id_map["model_versions"] == {"shared": {"1": 3}}
+    assert any("numbers differ" in n for n in first.notes)
+    second = unpack(tmp_path / "a.exim", tracking_uri=dst)
+    assert second.families["model_versions_created"] == 0
+    target = MlflowClient(dst, registry_uri=dst)
+    assert sorted(int(v.version) for v in target.search_model_versions("name = 'shared'")) == [
+        1,
+        2,
+        3,
+    ]
