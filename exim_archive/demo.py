@@ -40,7 +40,7 @@ def seed_sample_store(
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
     rng = random.Random(7)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     t0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     exp_id = client.create_experiment(
         "demo: image classifier",
@@ -53,6 +53,7 @@ def seed_sample_store(
     parent = client.create_run(
         exp_id, start_time=t0, run_name="sweep", tags={"mlflow.user": "ada"}
     ).info.run_id
+    trials: list[str] = []
     for i in range(runs):
         start = t0 + 60_000 * (i + 1)
         run_id = client.create_run(
@@ -82,7 +83,17 @@ def seed_sample_store(
         (art / "notes.txt").write_text(f"trial {i}\n")
         client.log_artifacts(run_id, str(art))
         client.set_terminated(run_id, "FINISHED" if i else "FAILED", end_time=start + 30_000)
+        trials.append(run_id)
     client.set_terminated(parent, "FINISHED", end_time=t0 + 600_000)
+    # the registry: a model with a version per finished trial, an alias, and a prompt
+    client.create_registered_model("demo-classifier", tags={"team": "vision"})
+    for run_id in trials[1:]:
+        uri = client.get_run(run_id).info.artifact_uri
+        client.create_model_version("demo-classifier", f"{uri}/plots", run_id=run_id)
+    client.set_registered_model_alias("demo-classifier", "champion", str(len(trials) - 1))
+    client.register_prompt("demo-caption", "Describe {{image}} in one line.", "first draft")
+    client.register_prompt("demo-caption", "Describe {{image}} briefly.", "shorter")
+    client.set_prompt_alias("demo-caption", "production", 2)
     doomed = client.create_run(exp_id, start_time=t0, run_name="mistake").info.run_id
     client.delete_run(doomed)
     old = client.create_experiment(
@@ -117,9 +128,10 @@ def run_demo(directory: Path, say: Callable[[str], None]) -> None:
     seed_sample_store(source, directory / "source-artifacts")
     say(f"2. exim-archive pack {archive} --tracking-uri {source}")
     packed = pack(archive, tracking_uri=source)
+    c = packed.counts
     say(
-        f"   {packed.counts['runs']} runs, {packed.counts['metric_points']} metric points, "
-        f"{packed.bytes:,} bytes"
+        f"   {c['runs']} runs, {c['metric_points']} metric points, {c['registered_models']} "
+        f"registered models and prompts ({c['model_versions']} versions), {packed.bytes:,} bytes"
     )
     say(f"3. exim-archive inspect {archive}")
     say(render_summary(inspect_archive(archive)))
@@ -132,6 +144,7 @@ def run_demo(directory: Path, say: Callable[[str], None]) -> None:
         done = unpack(archive, tracking_uri=target, import_source_tags=True)
     say(
         f"   {done.runs_created} runs created, {done.metric_points} metric points, "
-        f"{done.artifacts} artifacts"
+        f"{done.artifacts} artifacts, {done.families.get('model_versions_created', 0)} model "
+        "and prompt versions"
     )
     say(f"done: the copy is in {target}; browse it with: mlflow ui --backend-store-uri {target}")

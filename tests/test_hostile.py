@@ -177,7 +177,7 @@ def test_committed_corpus_is_current() -> None:
     assert files == wanted, hint
     assert set(index) == files, hint
     assert {n[:-5] for n in files} >= COMMITTED
-    assert sum(p.stat().st_size for p in _committed()) < 2_000_000
+    assert sum(p.stat().st_size for p in _committed()) < 4_000_000  # 51 cases of an 84 KB archive
 
 
 @pytest.mark.parametrize("path", _committed(), ids=[p.stem for p in _committed()])
@@ -194,8 +194,8 @@ def test_committed_case(path: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 
 UNPACK_SUBSET = {
     "not-an-archive--tar": 3,
-    "truncate--at-035426": 3,
-    "bitflip--at-038992-bit3": 3,
+    "truncate--at-035423": 3,
+    "bitflip--at-038989-bit6": 3,
     "names--dotdot": 3,
     "names--symlink": 3,
     "manifest--lies-about-size": 3,
