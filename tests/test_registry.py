@@ -164,6 +164,8 @@ def test_registry_round_trip(
     assert model.source_run_id == new_run.info.run_id
     assert [(m.key, m.value) for m in model.metrics or []] == [("acc", 0.75)]
     assert str(model.status) in ("READY", "LoggedModelStatus.READY")
+    assert model.tags["mlflow_exim.field.model_id"] == src["model_id"]  # lineage
+    assert model.tags["mlflow_exim.mlflow_tag.user"] == model.tags["mlflow.user"]
     # search_runs does not return model inputs: read the runs one by one
     consumer = target.get_run(_run_by_source(target, f"{unique}-reg", src["consumer"]).info.run_id)
     assert [m.model_id for m in consumer.inputs.model_inputs] == [new_model]
