@@ -14,15 +14,16 @@ Rows are ``{table name: [row dict, ...]}`` with the columns of :mod:`exim_archiv
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .lineage import Origin
 from .manifest import canonical_json
 from .mlflow_errors import Caller
 
-__all__ = ["PackScope", "Rows", "UnpackScope", "compact_json"]
+__all__ = ["PackScope", "Rows", "UnpackScope", "compact_json", "iter_pages"]
 
 Rows = dict[str, list[dict[str, Any]]]
 
@@ -30,6 +31,26 @@ Rows = dict[str, list[dict[str, Any]]]
 def compact_json(value: Any) -> str:
     """The archive's JSON for a raw object (canonical: sorted keys, no spaces, no newline)."""
     return canonical_json(value).decode("utf-8").rstrip("\n")
+
+
+def iter_pages(call: Caller, what: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Each page of an MLflow paged listing (``fn(..., page_token=...)`` returning a PagedList),
+    every call through ``call``; a page token the server repeats is an error, not a loop."""
+    token: str | None = None
+    seen: set[str] = set()
+    while True:
+        page = call(what, partial(fn, page_token=token, **kwargs))
+        yield page
+        token = page.token or None
+        if token is None:
+            return
+        if token in seen:
+            raise call.error(
+                f"{what} failed: the server repeated page token {token[:40]!r}",
+                where=call.where,
+                hint=call.hint,
+            )
+        seen.add(token)
 
 
 def loads_or_empty(text: str | None) -> Any:

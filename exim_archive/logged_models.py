@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .families import PackScope, Rows, UnpackScope, compact_json
+from .families import PackScope, Rows, UnpackScope, compact_json, iter_pages
 from .lineage import INCOMPLETE_TAG, PREFIX, object_source_tags
 from .records import ArtifactRecord
 from .sink import KEY_LIMIT, RUN_TAG_VALUE_LIMIT, fit_tags
@@ -58,18 +58,15 @@ def read_logged_models(scope: PackScope) -> Rows:
     models: list[Any] = []
     for start in range(0, len(scope.experiment_ids), 100):
         ids = scope.experiment_ids[start : start + 100]
-        token = None
-        while True:
-            page = scope.call(
-                f"listing logged models of experiments {', '.join(ids)}",
-                partial(
-                    scope.client.search_logged_models, ids, max_results=_PAGE, page_token=token
-                ),
-            )
+        what = f"listing logged models of experiments {', '.join(ids)}"
+        for page in iter_pages(
+            scope.call,
+            what,
+            scope.client.search_logged_models,
+            experiment_ids=ids,
+            max_results=_PAGE,
+        ):
             models.extend(page)
-            if not page.token or page.token == token:
-                break
-            token = page.token
     rows: Rows = defaultdict(list)
     for m in sorted(models, key=lambda m: m.model_id):
         raw = m.to_dictionary()
@@ -178,26 +175,18 @@ def _existing(scope: UnpackScope, experiment_ids: Iterable[str]) -> dict[str, An
     ids = sorted(set(experiment_ids))
     found: dict[str, Any] = {}
     for start in range(0, len(ids), 100):
-        chunk = ids[start : start + 100]
-        token = None
-        while True:
-            page = scope.call(
-                "listing logged models of the target",
-                partial(
-                    scope.client.search_logged_models,
-                    chunk,
-                    filter_string=f"tags.`{SOURCE_MODEL_TAG}` != ''",
-                    max_results=_PAGE,
-                    page_token=token,
-                ),
-            )
+        for page in iter_pages(
+            scope.call,
+            "listing logged models of the target",
+            scope.client.search_logged_models,
+            experiment_ids=ids[start : start + 100],
+            filter_string=f"tags.`{SOURCE_MODEL_TAG}` != ''",
+            max_results=_PAGE,
+        ):
             for m in page:
                 source_id = m.tags.get(SOURCE_MODEL_TAG)
                 if source_id:
                     found[source_id] = m
-            if not page.token or page.token == token:
-                break
-            token = page.token
     return found
 
 

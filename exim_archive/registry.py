@@ -26,7 +26,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from .families import PackScope, Rows, UnpackScope, compact_json
+from .families import PackScope, Rows, UnpackScope, compact_json, iter_pages
 from .lineage import PREFIX, object_source_tags
 from .sink import REGISTRY_TAG_VALUE_LIMIT, fit_tags
 from .target_lock import LOCK_NAME
@@ -61,14 +61,7 @@ def _proto(entity: Any) -> dict[str, Any]:
 
 
 def _pages(scope: PackScope, what: str, fn: Any, **kwargs: Any) -> list[Any]:
-    out: list[Any] = []
-    token = None
-    while True:
-        page = scope.call(what, partial(fn, page_token=token, **kwargs))
-        out.extend(page)
-        if not page.token or page.token == token:
-            return out
-        token = page.token
+    return [item for page in iter_pages(scope.call, what, fn, **kwargs) for item in page]
 
 
 def _model_id_of(version: Any) -> str | None:
@@ -329,22 +322,15 @@ class _RegistryWriter:
             found = (self.get_version(name, n) for n in range(1, top + 64))
             return [v for v in found if v is not None]
         filt = f"name = '{name}'" + (f" AND {_PROMPT_FILTER}" if kind == "prompt" else "")
-        out: list[Any] = []
-        token = None
-        while True:
-            page = self.scope.call(
-                f"listing versions of {name!r}",
-                partial(
-                    self.registry.search_model_versions,
-                    filt,
-                    max_results=200_000,
-                    page_token=token,
-                ),
-            )
-            out.extend(page)
-            if not page.token or page.token == token:
-                return out
-            token = page.token
+        what = f"listing versions of {name!r}"
+        pages = iter_pages(
+            self.scope.call,
+            what,
+            self.registry.search_model_versions,
+            filter_string=filt,
+            max_results=200_000,
+        )
+        return [v for page in pages for v in page]
 
     def get_version(self, name: str, number: int) -> Any:
         return _get(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
-from .families import PackScope, Rows, UnpackScope, compact_json
+from .families import PackScope, Rows, UnpackScope, compact_json, iter_pages
 from .lineage import PREFIX, _fields, _system_tags
 from .mlflow_errors import Caller
 from .pool import ordered_map
@@ -102,18 +102,14 @@ def _pages(
     """(trace infos, spans by trace id), a page at a time. Infos come from the listing, so a
     trace whose spans cannot be loaded (``search_traces(include_spans=True)`` drops it without a
     word) is still packed."""
-    token: str | None = None
-    while True:
-        page = scope.call(
-            f"listing the traces of experiment {experiment_id}",
-            partial(
-                client.search_traces,
-                locations=[experiment_id],
-                include_spans=False,
-                max_results=_PAGE,
-                page_token=token,
-            ),
-        )
+    for page in iter_pages(
+        scope.call,
+        f"listing the traces of experiment {experiment_id}",
+        client.search_traces,
+        locations=[experiment_id],
+        include_spans=False,
+        max_results=_PAGE,
+    ):
         infos = [trace.info for trace in page]
         ids = [info.trace_id for info in infos]
         spans: dict[str, list[Any]] = {}
@@ -124,9 +120,6 @@ def _pages(
             )
             spans = {trace.info.trace_id: list(trace.data.spans) for trace in full}
         yield infos, spans
-        token = page.token
-        if not token:
-            return
 
 
 def _add_trace(
@@ -198,26 +191,20 @@ def _run_links(scope: PackScope, client: Any, rows: Rows) -> list[dict[str, Any]
 
     def linked(run_id: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
-        token: str | None = None
-        while True:
-            page = scope.call(
-                f"listing the traces linked to run {run_id}",
-                partial(
-                    client.search_traces,
-                    locations=experiments,
-                    filter_string=f"attribute.run_id = '{run_id}'",
-                    include_spans=False,
-                    max_results=_PAGE,
-                    page_token=token,
-                ),
-            )
+        for page in iter_pages(
+            scope.call,
+            f"listing the traces linked to run {run_id}",
+            client.search_traces,
+            locations=experiments,
+            filter_string=f"attribute.run_id = '{run_id}'",
+            include_spans=False,
+            max_results=_PAGE,
+        ):
             for trace in page:
                 trace_id = trace.info.trace_id
                 if trace_id in packed and source_run.get(trace_id) != run_id:
                     found.append({"trace_id": trace_id, "run_id": run_id})
-            token = page.token
-            if not token:
-                return found
+        return found
 
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for links in ordered_map(linked, sorted(scope.run_ids), scope.workers):
