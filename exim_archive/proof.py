@@ -29,6 +29,7 @@ from .uri import redact_uri, resolve_tracking_uri
 __all__ = ["ProofReport", "check_against"]
 
 MAX_PROBLEMS = 100
+LIST_WORKERS = 16
 _PARENT = "mlflow.parentRunId"
 
 
@@ -154,7 +155,14 @@ def check_against(
         run_ids = {source: found[0].run_id for source, found in copies.items()}
         wanted = [found[0] for found in copies.values()]
         counts = _target_counts(target, wanted, workers)
-        listed = dict(ordered_map(lambda r: (r.run_id, sink.files(r.run_id)), wanted, workers))
+        # Only runs with files in the archive are listed, many at once: a listing is one call
+        # per folder, each mostly waiting on the server (~45 ms on a default mlflow server).
+        with_files = [found[0] for source, found in copies.items() if files.get(source)]
+        listed = dict(
+            ordered_map(
+                lambda r: (r.run_id, sink.files(r.run_id)), with_files, max(workers, LIST_WORKERS)
+            )
+        )
         for run in reader.runs():
             twins = copies.get(run.run_id, [])
             if len(twins) > 1:

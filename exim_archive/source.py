@@ -220,18 +220,19 @@ class MlflowSource:
 
     def download_artifacts(self, run: RunRecord, destination: Path) -> list[tuple[str, Path]]:
         """Download the run's whole artifact tree; returns (artifact path, local file) sorted."""
-        top = self.call(
-            f"listing artifacts of run {run.run_id}", lambda: self.client.list_artifacts(run.run_id)
-        )
-        if not top:
-            return []
         uri = run.artifact_uri or ""
         if uri.startswith("mlflow-artifacts:") and self.kind != "http":
+            # checked before listing: MLflow's own error for it names no way out
             raise SourceError(
                 f"run {run.run_id} keeps its artifacts behind a tracking server ({uri})",
                 where=self.safe_uri,
                 hint="pack through the server's http:// URI, or use --no-artifacts",
             )
+        top = self.call(
+            f"listing artifacts of run {run.run_id}", lambda: self.client.list_artifacts(run.run_id)
+        )
+        if not top:
+            return []
 
         def download() -> Path:
             shutil.rmtree(destination, ignore_errors=True)

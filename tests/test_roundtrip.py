@@ -15,7 +15,7 @@ from workload import T0, as_sql_keeps, count_runs, seed_rich, snapshot
 
 from exim_archive.bundle_reader import ArchiveReader
 from exim_archive.cli import main
-from exim_archive.errors import TargetError
+from exim_archive.errors import SourceError, TargetError
 from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from exim_archive.pack import pack
 from exim_archive.sink import MlflowSink
@@ -248,3 +248,24 @@ def test_verify_against_finds_what_the_target_lost(
     out = capsys.readouterr().out
     assert "metric 'loss' has 297 points in the target, 300 here" in out
     assert "param 'p007' is missing or differs" in out
+
+
+@pytest.mark.server
+def test_database_uri_of_a_proxying_server_says_how_to_pack_it(
+    source_server: MlflowServer, unique: str, tmp_path: Path
+) -> None:
+    """The server's own database, read directly: its runs' files are behind the server
+    (mlflow-artifacts:/), so pack says to go through the server or leave files out."""
+    client = MlflowClient(source_server.url)
+    exp = client.create_experiment(f"{unique}-proxied")
+    run = client.create_run(exp).info.run_id
+    (tmp_path / "f.txt").write_text("x")
+    client.log_artifact(run, str(tmp_path / "f.txt"))
+    db = f"sqlite:///{source_server.db}"
+    with pytest.raises(SourceError, match="behind a tracking server") as err:
+        pack(tmp_path / "a.exim", tracking_uri=db, experiments=[f"{unique}-proxied"])
+    assert "--no-artifacts" in str(err.value)
+    report = pack(
+        tmp_path / "a.exim", tracking_uri=db, experiments=[f"{unique}-proxied"], artifacts=False
+    )
+    assert report.counts["runs"] == 1
