@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""Benchmark exim-archive against mlflow-export-import (the "old tool").
+"""Benchmark exim-archive against mlflow-export-import (the "old tool"), issue 4 targets.
 
-Builds a synthetic MLflow workload in a source tracking server, then measures:
+Builds one synthetic MLflow workload in a source tracking server (sqlite backend, proxied
+artifacts) and the same workload in a PostgreSQL database, then measures:
 
-* pack:   old ``export-experiment`` (summed over experiments) vs one ``exim-archive pack``
-* size:   total bytes of the old export folders vs the archive file
-* unpack: old ``import-experiment`` (summed) vs one ``exim-archive unpack``, each into
-  its own fresh target server
+* pack:   old ``export-experiment`` over HTTP (summed over experiments) vs one ``exim-archive
+  pack`` from the server's ``http://`` URI, from its ``sqlite:///`` file and from PostgreSQL
+* floor:  one ``SELECT`` of the metrics table plus ``pq.write_table`` (zstd), per database
+* unpack: old ``import-experiment`` over HTTP (summed) vs one ``exim-archive unpack`` into a
+  fresh ``http://`` server, a fresh sqlite file and a fresh PostgreSQL database
+* size:   total bytes of the old export folders vs the archive file; bytes per metric point
+  of the archive's ``metrics`` table
 
-Standalone script (stdlib + mlflow + requests); not a test. See bench/README.md.
-Exit code is 0 whatever the PASS/FAIL outcome, non-zero only if a step crashed.
+Standalone script (stdlib + mlflow + requests, psycopg for PostgreSQL); not a test. See
+bench/README.md. Exit code is 0 whatever the PASS/FAIL outcome, non-zero only if a step crashed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -28,12 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import numpy as np
 import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -47,9 +55,23 @@ WARMUP_ROUNDS = 16
 HEALTH_TIMEOUT_S = 300.0  # generous: a loaded 2-core machine needs >2 min for 3 servers
 STOP_TIMEOUT_S = 20.0
 EXPERIMENT_PREFIX = "bench-exp"
+DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-# row name -> minimum ratio old/new for PASS (pack, unpack: seconds; size: bytes)
-TARGETS: dict[str, float] = {"pack": 3.0, "size": 10.0, "unpack": 1.0}
+# Issue 4 targets. "at least": baseline/exim >= target (faster, smaller); "within": exim/baseline
+# <= target (exim against a floor); "at most": the exim value itself <= target.
+AT_LEAST, WITHIN, AT_MOST = "at least", "within", "at most"
+TARGETS: dict[str, tuple[str, float]] = {
+    "pack http": (AT_LEAST, 5.0),
+    "pack sqlite": (AT_LEAST, 30.0),
+    "pack postgresql": (AT_LEAST, 30.0),
+    "floor sqlite": (WITHIN, 3.0),
+    "floor postgresql": (WITHIN, 3.0),
+    "unpack http": (AT_LEAST, 3.0),
+    "unpack sqlite": (AT_LEAST, 10.0),
+    "unpack postgresql": (AT_LEAST, 10.0),
+    "size": (AT_LEAST, 10.0),
+    "bytes/point": (AT_MOST, 6.0),
+}
 
 # applied to this process and to every server / CLI it starts (same for both tools)
 QUIET_ENV = {
@@ -82,6 +104,7 @@ class Workload:
     tags: int
     artifact_kb: int
     seed: int
+    full_entropy_values: bool
 
     @property
     def experiment_names(self) -> list[str]:
@@ -92,16 +115,39 @@ class Workload:
         return self.experiments * self.runs * self.metrics * self.steps
 
 
-def _metric_batch(rng: random.Random, wl: Workload, start_ms: int) -> tuple[list[Metric], int]:
-    """Noisy float64 training curves, step-major like a real training loop logs them."""
+def _curves(rng: random.Random, wl: Workload) -> list[list[float]]:
+    """One list of values per metric key: decaying training curves plus noise.
+
+    Default: computed in float32 and handed over as Python floats, as a training loop does
+    (``loss.item()`` on a float32 tensor): noisy, but every value is a float32 widened to float64.
+    ``full_entropy_values``: float64 ``random.gauss`` noise, a random 52-bit mantissa per value
+    (no real metric has that; no lossless layout stores it in under ~8 bytes).
+    """
     shapes = [(rng.uniform(0.5, 3.0), rng.uniform(0.05, 0.5) * wl.steps) for _ in range(wl.metrics)]
+    if wl.full_entropy_values:
+        return [
+            [scale * math.exp(-s / tau) + rng.gauss(0.0, 0.02 * scale) for s in range(wl.steps)]
+            for scale, tau in shapes
+        ]
+    nrng = np.random.default_rng(rng.getrandbits(64))
+    steps = np.arange(wl.steps, dtype=np.float32)
+    out: list[list[float]] = []
+    for scale, tau in shapes:
+        trend = np.float32(scale) * np.exp(-steps / np.float32(tau))
+        noise = nrng.normal(0.0, 0.02 * scale, wl.steps).astype(np.float32)
+        out.append((trend + noise).astype(np.float32).tolist())
+    return out
+
+
+def _metric_batch(rng: random.Random, wl: Workload, start_ms: int) -> tuple[list[Metric], int]:
+    """Noisy training curves, step-major like a real training loop logs them."""
+    curves = _curves(rng, wl)
     metrics: list[Metric] = []
     ts = start_ms
     for step in range(wl.steps):
         ts += max(1, int(rng.gauss(1000.0, 150.0)))  # ~1 s per step, jittered
-        for k, (scale, tau) in enumerate(shapes):
-            value = scale * math.exp(-step / tau) + rng.gauss(0.0, 0.02 * scale)
-            metrics.append(Metric(key=f"metric_{k}", value=value, timestamp=ts, step=step))
+        for k, curve in enumerate(curves):
+            metrics.append(Metric(key=f"metric_{k}", value=curve[step], timestamp=ts, step=step))
     return metrics, ts
 
 
@@ -178,17 +224,63 @@ def load_run(
     client.set_terminated(run_id, end_time=last_ts + 5000)
 
 
-def load_workload(tracking_uri: str, wl: Workload, staging: Path) -> float:
-    """Create experiments + runs over HTTP, LOAD_THREADS runs at a time. Returns seconds."""
+def load_workload(
+    tracking_uri: str, wl: Workload, staging: Path, artifact_root: Path | None = None
+) -> float:
+    """Create experiments + runs, LOAD_THREADS runs at a time. Returns seconds.
+
+    ``artifact_root``: a local folder for the experiments' artifacts (for a database URI, where
+    MLflow's default would be ``./mlruns`` of this process)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     start = time.perf_counter()
-    exp_ids = [client.create_experiment(name) for name in wl.experiment_names]
+    exp_ids = [
+        client.create_experiment(
+            name,
+            artifact_location=None if artifact_root is None else (artifact_root / name).as_uri(),
+        )
+        for name in wl.experiment_names
+    ]
     jobs = [(e, r) for e in range(wl.experiments) for r in range(wl.runs)]
     with ThreadPoolExecutor(max_workers=LOAD_THREADS) as pool:
         futures = [pool.submit(load_run, client, wl, exp_ids[e], e, r, staging) for e, r in jobs]
         for fut in futures:
             fut.result()
     return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def pg_database_uri(admin_uri: str, name: str) -> str:
+    parts = urlsplit(admin_uri)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+
+
+def create_pg_database(admin_uri: str) -> tuple[str, str]:
+    """A fresh, empty database on the server of ``admin_uri``; returns (name, uri)."""
+    import psycopg
+
+    name = f"exim_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(admin_uri, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.Error as exc:
+        raise StepError(f"cannot create a PostgreSQL database via {admin_uri}: {exc}") from exc
+    return name, pg_database_uri(admin_uri, name)
+
+
+def drop_pg_database(admin_uri: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def migrate_store(tracking_uri: str) -> None:
+    """Create MLflow's schema now (untimed), as a server would have before any tool runs."""
+    for name in ("mlflow.store.db.utils", "alembic"):  # one INFO line per migration step
+        logging.getLogger(name).setLevel(logging.WARNING)
+    MlflowClient(tracking_uri=tracking_uri).search_experiments()
 
 
 # --------------------------------------------------------------------------- servers
@@ -204,6 +296,11 @@ class Server:
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_uri(self) -> str:
+        """The server's own sqlite backend store."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
 
 
 def free_port() -> int:
@@ -307,13 +404,21 @@ def warm_up(server: Server, work: Path) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def run_timed(label: str, cmd: Sequence[str], env: dict[str, str], log_path: Path) -> float:
+def run_timed(
+    label: str,
+    cmd: Sequence[str],
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path | None = None,
+) -> float:
     """Wall time of the whole CLI command; raises StepError (with output tail) on failure."""
     with log_path.open("ab") as out:
         out.write(f"$ {shlex.join(cmd)}\n".encode())
         out.flush()
         start = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, check=False
+        )
         elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise StepError(
@@ -415,33 +520,66 @@ def compare(label: str, expected: Summary, actual: Summary) -> list[str]:
 class Row:
     name: str
     unit: str
-    old: float
-    new: float | None
+    baseline: float | None  # what the target is measured against (None: not measured)
+    value: float | None  # exim-archive's
+    baseline_is: str
+
+    @property
+    def rule(self) -> str:
+        return TARGETS[self.name][0]
+
+    @property
+    def target(self) -> float:
+        return TARGETS[self.name][1]
 
     @property
     def ratio(self) -> float | None:
-        if self.new is None:
+        if self.value is None or self.baseline is None or self.rule == AT_MOST:
             return None
-        return math.inf if self.new == 0 else self.old / self.new
+        if self.rule == AT_LEAST:
+            num, den = self.baseline, self.value
+        else:
+            num, den = self.value, self.baseline
+        return math.inf if den == 0 else num / den
 
     @property
     def passed(self) -> bool | None:
-        return None if self.ratio is None else self.ratio >= TARGETS[self.name]
+        if self.value is None:
+            return None
+        if self.rule == AT_MOST:
+            return self.value <= self.target
+        ratio = self.ratio
+        if ratio is None:
+            return None
+        return ratio >= self.target if self.rule == AT_LEAST else ratio <= self.target
+
+    @property
+    def target_text(self) -> str:
+        sign = ">=" if self.rule == AT_LEAST else "<="
+        return f"{sign}{self.target:g}" + ("" if self.rule == AT_MOST else "x")
 
 
 @dataclass
 class Results:
-    workload: dict[str, int]
+    workload: dict[str, object]
     versions: dict[str, str]
-    load_seconds: float
+    load_seconds: dict[str, float]
     rows: list[Row] = field(default_factory=list)
     bytes_per_point: dict[str, float | None] = field(default_factory=dict)
+    floors: dict[str, dict[str, float]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["rows"] = [
-            {**asdict(r), "ratio": r.ratio, "target": TARGETS[r.name], "pass": r.passed}
+            {
+                **asdict(r),
+                "ratio": r.ratio,
+                "rule": r.rule,
+                "target": r.target,
+                "pass": r.passed,
+            }
             for r in self.rows
         ]
         return data
@@ -454,21 +592,32 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def print_table(results: Results) -> None:
-    header = f"{'':<8}{'unit':>7}{'old':>16}{'new':>16}{'old/new':>10}{'target':>9}  result"
-    print("\n" + header + "\n" + "-" * len(header))
+    header = (
+        f"{'row':<18}{'unit':>6}{'baseline':>14}{'exim':>14}{'ratio':>9}{'target':>9}"
+        f"  result  baseline is"
+    )
+    print("\n" + header + "\n" + "-" * (len(header) + 24))
     for r in results.rows:
-        ratio = "n/a" if r.ratio is None else f"{r.ratio:.2f}x"
+        ratio = "-" if r.rule == AT_MOST else ("n/a" if r.ratio is None else f"{r.ratio:.2f}x")
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[r.passed]
         print(
-            f"{r.name:<8}{r.unit:>7}{_fmt(r.old, r.unit):>16}{_fmt(r.new, r.unit):>16}"
-            f"{ratio:>10}{'>=' + format(TARGETS[r.name], 'g') + 'x':>9}  {verdict}"
+            f"{r.name:<18}{r.unit:>6}{_fmt(r.baseline, r.unit):>14}{_fmt(r.value, r.unit):>14}"
+            f"{ratio:>9}{r.target_text:>9}  {verdict:<6}  {r.baseline_is}"
         )
+    print(
+        "\nratio: baseline/exim for '>=' rows (times faster, times smaller); exim/baseline for"
+        " the floor rows ('<=': at most that many times the floor's time)"
+    )
     bpp = results.bytes_per_point
     print(
-        f"\nbytes per metric point: old {_fmt(bpp.get('old'), 's')}, "
-        f"new {_fmt(bpp.get('new'), 's')}"
+        "bytes per metric point: old export folder "
+        f"{_fmt(bpp.get('old_export'), 's')}, whole archive {_fmt(bpp.get('archive'), 's')}, "
+        f"archive metrics table {_fmt(bpp.get('metrics_table'), 's')}"
     )
-    print(f"workload load time: {results.load_seconds:.1f}s")
+    loads = ", ".join(f"{k} {v:.1f}s" for k, v in results.load_seconds.items())
+    print(f"workload load time (untimed): {loads}")
+    for note in results.notes:
+        print(f"note: {note}")
     for problem in results.problems:
         print(f"WARNING: {problem}")
 
@@ -484,6 +633,7 @@ class Context:
     exim: list[str] | None  # None with --skip-exim
     old_bin: Path
     servers: list[Server] = field(default_factory=list)
+    pg_databases: list[str] = field(default_factory=list)
 
     def start_servers(self, names: Sequence[str]) -> list[Server]:
         """Launch all at once (startup is slow and untimed), then wait for each."""
@@ -493,9 +643,25 @@ class Context:
             wait_healthy(srv, self.work / "logs" / f"server-{srv.name}.log")
         return launched
 
-    def run(self, label: str, cmd: list[str], tracking_uri: str, log_name: str) -> float:
+    def new_pg_database(self) -> str:
+        name, uri = create_pg_database(self.args.pg_admin_uri)
+        self.pg_databases.append(name)
+        return uri
+
+    def run(
+        self, label: str, cmd: list[str], tracking_uri: str, log_name: str, cwd: Path | None = None
+    ) -> float:
         env = {**base_env(), "MLFLOW_TRACKING_URI": tracking_uri}
-        return run_timed(label, cmd, env, self.work / "logs" / log_name)
+        return run_timed(label, cmd, env, self.work / "logs" / log_name, cwd)
+
+    def cleanup(self) -> None:
+        for srv in self.servers:
+            stop_server(srv)
+        for name in self.pg_databases:
+            try:
+                drop_pg_database(self.args.pg_admin_uri, name)
+            except Exception as exc:  # report, keep cleaning
+                print(f"could not drop PostgreSQL database {name}: {exc}", file=sys.stderr)
 
 
 def old_export(ctx: Context, uri: str) -> tuple[float, Path]:
@@ -518,20 +684,47 @@ def old_import(ctx: Context, export_root: Path, uri: str) -> float:
     return seconds
 
 
-def new_pack(ctx: Context, exim: list[str], uri: str) -> tuple[float, Path]:
-    archive = ctx.work / "bench.zip"
-    cmd = [*exim, "pack", str(archive), "--tracking-uri", uri]
+def new_pack(
+    ctx: Context, exim: list[str], uri: str, archive: Path, label: str, *extra: str
+) -> float:
+    cmd = [*exim, "pack", str(archive), "--tracking-uri", uri, *extra]
     for name in ctx.wl.experiment_names:
         cmd += ["--experiment", name]
-    seconds = ctx.run("exim-archive pack", cmd, uri, "exim.log")
+    seconds = ctx.run(label, cmd, uri, "exim.log")
     if not archive.is_file():
-        raise StepError(f"exim-archive pack exited 0 but wrote no {archive}")
-    return seconds, archive
+        raise StepError(f"{label} exited 0 but wrote no {archive}")
+    return seconds
 
 
-def new_unpack(ctx: Context, exim: list[str], archive: Path, uri: str) -> float:
+def new_unpack(
+    ctx: Context, exim: list[str], archive: Path, uri: str, label: str, cwd: Path | None = None
+) -> float:
+    """``cwd``: for a database target, where MLflow's default ``./mlruns`` artifact root lands."""
     cmd = [*exim, "unpack", str(archive), "--tracking-uri", uri]
-    return ctx.run("exim-archive unpack", cmd, uri, "exim.log")
+    return ctx.run(label, cmd, uri, "exim.log", cwd)
+
+
+def sql_floor(ctx: Context, uri: str, label: str) -> tuple[float, dict[str, float]]:
+    """Wall time of ``bench/sql_floor.py`` (one SELECT of the metrics table + zstd Parquet) in
+    its own interpreter, like the CLI timings; plus the inner timings it prints."""
+    out = ctx.work / f"floor-{label}.parquet"
+    report = ctx.work / f"floor-{label}.json"
+    cmd = [sys.executable, str(BENCH_DIR / "sql_floor.py"), uri, str(out), "--json", str(report)]
+    seconds = ctx.run(f"SQL read + Parquet ({label})", cmd, uri, "floor.log")
+    return seconds, json.loads(report.read_text())
+
+
+def metrics_table_bytes(ctx: Context, exim: list[str], archive: Path) -> int:
+    proc = subprocess.run(
+        [*exim, "inspect", str(archive), "--json"],
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise StepError(f"exim-archive inspect failed: {proc.stderr.strip()}")
+    return int(json.loads(proc.stdout)["tables"]["metrics"]["bytes"])
 
 
 def collect_versions(old_bin: Path) -> dict[str, str]:
@@ -540,40 +733,109 @@ def collect_versions(old_bin: Path) -> dict[str, str]:
 
 
 def run_benchmark(ctx: Context) -> Results:
-    wl, exim = ctx.wl, ctx.exim
+    wl, exim, work = ctx.wl, ctx.exim, ctx.work
+    use_pg = exim is not None and not ctx.args.skip_postgres
     names = ["source", "target-old"] + (["target-new"] if exim else [])
     source, old_target, *rest = ctx.start_servers(names)
     for srv in ctx.servers:
-        warm_up(srv, ctx.work)
+        warm_up(srv, work)
     log("servers warmed up")
     log(f"loading workload: {wl.metric_points:,} metric points, {wl.experiments * wl.runs} runs")
-    load_s = load_workload(source.uri, wl, ctx.work / "staging")
-    log(f"workload loaded in {load_s:.1f}s")
-    results = Results(asdict(wl), collect_versions(ctx.old_bin), load_s)
+    loads = {"http": load_workload(source.uri, wl, work / "staging")}
+    log(f"workload loaded over HTTP in {loads['http']:.1f}s")
+    pg_source = pg_target = None
+    sqlite_target = work / "target-sqlite"
+    if exim is not None:
+        sqlite_target.mkdir()
+        migrate_store(f"sqlite:///{sqlite_target / 'mlflow.db'}")
+    if use_pg:
+        pg_source, pg_target = ctx.new_pg_database(), ctx.new_pg_database()
+        migrate_store(pg_target)
+        (work / "target-postgresql").mkdir()
+        loads["postgresql"] = load_workload(
+            pg_source, wl, work / "staging", artifact_root=work / "pg-artifacts"
+        )
+        log(f"workload loaded into PostgreSQL in {loads['postgresql']:.1f}s")
+    results = Results(asdict(wl), collect_versions(ctx.old_bin), loads)
     expected = summarize(source.uri, wl.experiment_names)
+    if pg_source is not None:
+        results.problems += compare(
+            "postgresql source", expected, summarize(pg_source, wl.experiment_names)
+        )
 
     old_pack_s, export_root = old_export(ctx, source.uri)
     old_bytes = tree_bytes(export_root)
     old_unpack_s = old_import(ctx, export_root, old_target.uri)
     results.problems += compare("old", expected, summarize(old_target.uri, wl.experiment_names))
+    old_pack_label, old_unpack_label = "old export-experiment, http", "old import-experiment, http"
 
-    new_pack_s = new_unpack_s = new_bytes = None
+    new: dict[str, float | None] = dict.fromkeys(TARGETS)
+    floors: dict[str, float | None] = {"sqlite": None, "postgresql": None}
     if exim:
-        new_pack_s, archive = new_pack(ctx, exim, source.uri)
-        new_bytes = archive.stat().st_size
-        new_unpack_s = new_unpack(ctx, exim, archive, rest[0].uri)
-        actual = summarize(rest[0].uri, wl.experiment_names)
-        results.problems += compare("exim-archive", expected, actual)
+        archive = work / "bench.exim"
+        new["pack http"] = new_pack(ctx, exim, source.uri, archive, "exim pack http")
+        new["size"] = archive.stat().st_size
+        new["bytes/point"] = metrics_table_bytes(ctx, exim, archive) / wl.metric_points
+        # the server proxies its artifacts (mlflow-artifacts:/): a database URI cannot reach them
+        new["pack sqlite"] = new_pack(
+            ctx, exim, source.db_uri, work / "sqlite.exim", "exim pack sqlite", "--no-artifacts"
+        )
+        floors["sqlite"], results.floors["sqlite"] = sql_floor(ctx, source.db_uri, "sqlite")
+        if pg_source is not None:
+            new["pack postgresql"] = new_pack(
+                ctx, exim, pg_source, work / "postgresql.exim", "exim pack postgresql"
+            )
+            floors["postgresql"], results.floors["postgresql"] = sql_floor(
+                ctx, pg_source, "postgresql"
+            )
+        new["unpack http"] = new_unpack(ctx, exim, archive, rest[0].uri, "exim unpack http")
+        results.problems += compare(
+            "exim http", expected, summarize(rest[0].uri, wl.experiment_names)
+        )
+        sqlite_uri = f"sqlite:///{sqlite_target / 'mlflow.db'}"
+        new["unpack sqlite"] = new_unpack(
+            ctx, exim, archive, sqlite_uri, "exim unpack sqlite", sqlite_target
+        )
+        results.problems += compare(
+            "exim sqlite", expected, summarize(sqlite_uri, wl.experiment_names)
+        )
+        if pg_target is not None:
+            new["unpack postgresql"] = new_unpack(
+                ctx, exim, archive, pg_target, "exim unpack postgresql", work / "target-postgresql"
+            )
+            results.problems += compare(
+                "exim postgresql", expected, summarize(pg_target, wl.experiment_names)
+            )
+        results.bytes_per_point["archive"] = new["size"] / wl.metric_points
+        results.bytes_per_point["metrics_table"] = new["bytes/point"]
+    results.bytes_per_point["old_export"] = old_bytes / wl.metric_points
 
     results.rows = [
-        Row("pack", "s", old_pack_s, new_pack_s),
-        Row("unpack", "s", old_unpack_s, new_unpack_s),
-        Row("size", "bytes", old_bytes, new_bytes),
+        Row("pack http", "s", old_pack_s, new["pack http"], old_pack_label),
+        Row("pack sqlite", "s", old_pack_s, new["pack sqlite"], old_pack_label),
+        Row("pack postgresql", "s", old_pack_s, new["pack postgresql"], old_pack_label),
+        Row("floor sqlite", "s", floors["sqlite"], new["pack sqlite"], "SQL read + Parquet"),
+        Row(
+            "floor postgresql",
+            "s",
+            floors["postgresql"],
+            new["pack postgresql"],
+            "SQL read + Parquet",
+        ),
+        Row("unpack http", "s", old_unpack_s, new["unpack http"], old_unpack_label),
+        Row("unpack sqlite", "s", old_unpack_s, new["unpack sqlite"], old_unpack_label),
+        Row("unpack postgresql", "s", old_unpack_s, new["unpack postgresql"], old_unpack_label),
+        Row("size", "bytes", old_bytes, new["size"], "old export folders"),
+        Row("bytes/point", "B", None, new["bytes/point"], "archive metrics table / points"),
     ]
-    results.bytes_per_point = {
-        "old": old_bytes / wl.metric_points,
-        "new": None if new_bytes is None else new_bytes / wl.metric_points,
-    }
+    if exim:
+        results.notes.append(
+            "pack sqlite uses --no-artifacts: the source server proxies its artifacts "
+            "(mlflow-artifacts:/), which a database URI cannot reach; pack postgresql includes "
+            "the artifacts (local files)"
+        )
+    if not wl.full_entropy_values:
+        results.notes.append("metric values: float32 computations widened to float64")
     return results
 
 
@@ -588,8 +850,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     w.add_argument("--tags", type=int, default=5, help="tags per run")
     w.add_argument("--artifact-kb", type=int, default=64, help="artifact KB per run")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument(
+        "--full-entropy-values",
+        action="store_true",
+        help="metric values as float64 random.gauss (random 52-bit mantissas) instead of "
+        "float32 computations widened to float64",
+    )
     p.add_argument("--exim", help="exim-archive command (default: next to this python)")
     p.add_argument("--skip-exim", action="store_true", help="measure the old tool only")
+    p.add_argument("--skip-postgres", action="store_true", help="leave out the PostgreSQL rows")
+    p.add_argument(
+        "--pg-admin-uri",
+        default=DEFAULT_PG_ADMIN,
+        help="PostgreSQL URI allowed to CREATE/DROP DATABASE (default: %(default)s)",
+    )
     p.add_argument("--old-venv", default=str(BENCH_DIR / ".venv-old"), help="cached venv")
     p.add_argument("--old-spec", default=OLD_TOOL_PACKAGE, help="pip spec of the old tool")
     p.add_argument("--server-workers", type=int, help="mlflow server --workers (default: its)")
@@ -631,8 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             results = run_benchmark(ctx)
         finally:
-            for srv in ctx.servers:
-                stop_server(srv)
+            ctx.cleanup()
     except (StepError, subprocess.CalledProcessError) as exc:
         print(f"\nBENCHMARK STEP FAILED: {exc}", file=sys.stderr)
         if ctx is not None:

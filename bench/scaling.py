@@ -1,8 +1,10 @@
+#!/usr/bin/env python
 """Scaling table: exim-archive's time and peak memory at 1x, 4x and 16x a workload.
 
 Runs ``exim-archive pack`` and ``unpack`` in child processes against local sqlite stores (so the
 numbers are exim-archive's own, not a server's) and reports wall time, peak RSS, and cost per run
-and per million points, which should stay flat as the workload grows. Not a test.
+and per metric point, which should stay flat as the workload grows (the factor multiplies the
+number of runs; each run keeps its size). Not a test.
 
     python bench/scaling.py --runs 20 --metrics 10 --steps 500 --factors 1 4 16
 """
@@ -10,75 +12,135 @@ and per million points, which should stay flat as the workload grows. Not a test
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+T0_MS = 1_700_000_000_000
+FLAT = 1.5
+"""Largest growth (largest over smallest factor) of peak RSS and of cost per point still
+reported as flat."""
 
-def _seed(uri: str, runs: int, metrics: int, steps: int) -> None:
+
+def _seed(db: Path, runs: int, metrics: int, steps: int) -> None:
+    """``runs`` runs through MlflowClient; their points with sqlite3 ``executemany`` straight into
+    ``metrics`` plus one ``latest_metrics`` row per key (what MLflow's ``log_batch`` leaves,
+    minutes faster at 16x). Values: float32 noise widened to float64."""
+    import numpy as np
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
-    rng = random.Random(7)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("scale", artifact_location=Path(uri[10:]).parent.as_uri())
-    for r in range(runs):
-        run_id = client.create_run(exp, start_time=1_700_000_000_000 + r).info.run_id
-        points = [
-            Metric(f"m{k}", rng.gauss(0, 1), 1_700_000_000_000 + s, s)
-            for k in range(metrics)
-            for s in range(steps)
-        ]
-        store = client._tracking_client.store
-        for start in range(0, len(points), 5000):
-            store.log_batch(run_id, metrics=points[start : start + 5000], params=[], tags=[])
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # migration INFO lines
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.create_experiment("scale", artifact_location=db.parent.as_uri())
+    run_ids = [client.create_run(exp, start_time=T0_MS + r).info.run_id for r in range(runs)]
+    rng = np.random.default_rng(7)
+    step_list = list(range(steps))
+    stamps = [T0_MS + s * 1000 for s in step_list]
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA synchronous=OFF")
+    try:
+        for run_id in run_ids:
+            rows: list[tuple[str, float, int, str, int]] = []
+            latest: list[tuple[str, float, int, int, str]] = []
+            for k in range(metrics):
+                values = rng.normal(0.0, 1.0, steps).astype(np.float32).tolist()
+                rows += zip(
+                    [f"m{k}"] * steps, values, stamps, [run_id] * steps, step_list, strict=True
+                )
+                latest.append((f"m{k}", values[-1], stamps[-1], steps - 1, run_id))
+            with conn:
+                conn.executemany(
+                    "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                    "VALUES (?, ?, ?, ?, ?, 0)",
+                    rows,
+                )
+                conn.executemany(
+                    "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                    "VALUES (?, ?, ?, ?, 0, ?)",
+                    latest,
+                )
+    finally:
+        conn.close()
 
 
-def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process (its own, via wait4)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
+def timed(cmd: list[str], cwd: Path, log_path: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process (its own, via wait4).
+
+    The child's output goes to ``log_path`` (default: ``cwd/child.log``); its tail is shown if
+    the child fails."""
+    log_path = log_path or cwd / "child.log"
+    env = {**os.environ, **QUIET_ENV}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log_path.open("ab") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{tail}")
+    return elapsed, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--metrics", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=20, help="runs at factor 1")
+    parser.add_argument("--metrics", type=int, default=10, help="metric keys per run")
+    parser.add_argument("--steps", type=int, default=500, help="points per metric")
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
+    os.environ.update(QUIET_ENV)
     exim = [sys.executable, "-m", "exim_archive"]
-    print(f"{'factor':>6} {'runs':>6} {'points':>10} {'pack s':>8} {'pack MB':>8} "
-          f"{'unpack s':>9} {'unpack MB':>10} {'s/run':>7} {'s/Mpt':>7}")  # fmt: skip
+    print(
+        f"{'factor':>6} {'runs':>6} {'points':>10} {'seed s':>7} {'pack s':>7} {'pack MB':>8} "
+        f"{'unpack s':>9} {'unpack MB':>10} {'s/run':>7} {'µs/pt':>7}",
+        flush=True,
+    )
+    rows: list[tuple[int, float, float, float]] = []
     for factor in args.factors:
         work = Path(tempfile.mkdtemp(prefix="exim-scale-"))
         try:
             runs = args.runs * factor
             points = runs * args.metrics * args.steps
-            _seed(f"sqlite:///{work / 'src.db'}", runs, args.metrics, args.steps)
-            archive = str(work / "a.exim")
             src, dst = f"sqlite:///{work / 'src.db'}", f"sqlite:///{work / 'dst.db'}"
-            pack_s, pack_mb = _timed([*exim, "pack", archive, "--tracking-uri", src], work)
-            unpack_s, unpack_mb = _timed([*exim, "unpack", archive, "--tracking-uri", dst], work)
+            seeded = time.perf_counter()
+            _seed(work / "src.db", runs, args.metrics, args.steps)
+            seed_s = time.perf_counter() - seeded
+            archive = str(work / "a.exim")
+            pack_s, pack_mb = timed([*exim, "pack", archive, "--tracking-uri", src], work)
+            unpack_s, unpack_mb = timed([*exim, "unpack", archive, "--tracking-uri", dst], work)
             total = pack_s + unpack_s
+            us_per_point = total / points * 1e6
+            rows.append((factor, max(pack_mb, unpack_mb), us_per_point, total / runs))
             print(
-                f"{factor:>6} {runs:>6} {points:>10,} {pack_s:>8.1f} {pack_mb:>8.0f} "
-                f"{unpack_s:>9.1f} {unpack_mb:>10.0f} {total / runs:>7.2f} "
-                f"{total / (points / 1e6):>7.1f}",
+                f"{factor:>6} {runs:>6} {points:>10,} {seed_s:>7.1f} {pack_s:>7.1f} "
+                f"{pack_mb:>8.0f} {unpack_s:>9.1f} {unpack_mb:>10.0f} {total / runs:>7.3f} "
+                f"{us_per_point:>7.1f}",
                 flush=True,
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        for what, i in (("peak RSS", 1), ("time per point", 2), ("time per run", 3)):
+            growth = last[i] / first[i]
+            verdict = "flat" if growth <= FLAT else "NOT flat"
+            print(
+                f"{what}: {growth:.2f}x from factor {first[0]} to {last[0]} "
+                f"({verdict}; flat means <= {FLAT}x)"
+            )
 
 
 if __name__ == "__main__":
