@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
@@ -239,12 +240,17 @@ class ArchiveReader:
                 yield from batches
 
     def iter_run_metrics(self) -> Iterator[tuple[str, pa.Table]]:
-        """``(run_id, points)`` for each run with metrics, in archive (run_id) order."""
+        """``(run_id, points)`` for each run with metrics, in archive (run_id) order. The
+        points are the ``metrics`` columns but ``run_id`` (the run's id is the pair's first
+        item), with ``key`` dictionary-encoded: a long history held whole costs 28 bytes a
+        point rather than ~70."""
         current: str | None = None
         pending: list[pa.Table] = []
         for batch in self.iter_metric_batches():
             table = pa.Table.from_batches([batch])
             run_ids = table.column("run_id")
+            table = table.drop_columns(["run_id"])
+            table = table.set_column(0, "key", pc.dictionary_encode(table.column("key")))
             start = 0
             values = run_ids.to_pylist()
             for i in range(1, len(values) + 1):

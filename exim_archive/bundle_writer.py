@@ -13,11 +13,12 @@ import os
 import shutil
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
@@ -115,8 +116,10 @@ class _MetricsWriter:
             self._flush(ROW_GROUP_ROWS)
 
     def _flush(self, rows: int) -> None:
-        merged = pa.concat_tables(self._pending).combine_chunks()
-        head, tail = merged.slice(0, rows), merged.slice(rows)
+        # slicing a chunked table is free: only the row group written is copied together
+        merged = pa.concat_tables(self._pending)
+        head = merged.slice(0, rows).cast(T.METRICS.schema).combine_chunks()
+        tail = merged.slice(rows)
         self._pending = [tail] if tail.num_rows else []
         self._pending_rows = tail.num_rows
         if self._writer is None or self._part_rows >= METRIC_PART_ROWS:
@@ -140,6 +143,24 @@ class _MetricsWriter:
             self._open_part()
         assert self._writer is not None
         self._writer.close()
+
+
+SORT_WHOLE_ROWS = 1_000_000
+_RUN_ID_DICT = pa.dictionary(pa.int32(), pa.string())
+_PENDING = T.METRICS.schema.set(0, pa.field("run_id", _RUN_ID_DICT, nullable=False))
+
+
+def _sorted_by_key(table: pa.Table) -> Iterator[pa.Table]:
+    """One run's points in the metrics table's order (run_id is the same on every row, so the
+    order is the rest of the sort key). A long history is sorted one metric key at a time, so
+    sorting copies a key's points, never the whole run's."""
+    order = [(c, "ascending") for c in T.METRICS.sort_key if c != "run_id"]
+    if table.num_rows <= SORT_WHOLE_ROWS:
+        yield table.sort_by(order)
+        return
+    keys = table.column("key")
+    for key in sorted(pc.unique(keys).to_pylist(), key=lambda k: k.encode("utf-8")):
+        yield table.filter(pc.equal(keys, key)).sort_by(order)
 
 
 def check_destination(destination: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -208,15 +229,26 @@ class ArchiveWriter:
     def add_experiment(self, record: ExperimentRecord) -> None:
         self._experiments.append(record)
 
-    def add_run(self, record: RunRecord, metrics: pa.Table | None = None) -> None:
-        """Add a run and its metric points; runs must come in ``run_id`` order."""
+    def add_run(
+        self, record: RunRecord, metrics: pa.Table | Iterable[pa.Table] | None = None
+    ) -> None:
+        """Add a run and its metric points; runs must come in ``run_id`` order. ``metrics`` is
+        one table, or tables one metric key each in key (UTF-8 byte) order."""
         if self._runs and record.run_id <= self._runs[-1].run_id:
             raise ValueError("runs must be added in increasing run_id order")
         self._runs.append(record)
-        if metrics is not None and metrics.num_rows:
-            keys = [(c, "ascending") for c in T.METRICS.sort_key]
-            table = metrics.select(T.METRICS.schema.names).cast(T.METRICS.schema)
-            self._metrics.append(table.sort_by(keys))
+        for part in [metrics] if isinstance(metrics, pa.Table) else metrics or []:
+            self._add_points(part)
+
+    def _add_points(self, metrics: pa.Table) -> None:
+        if metrics.num_rows:
+            table = metrics.select(T.METRICS.schema.names)
+            if table.schema.field("run_id").type != _RUN_ID_DICT:
+                # pending points keep run ids dictionary-encoded until a row group is written
+                table = table.set_column(0, "run_id", pc.dictionary_encode(table.column("run_id")))
+            table = table.cast(_PENDING)
+            for piece in _sorted_by_key(table):
+                self._metrics.append(piece)
 
     def add_artifact(self, run_id: str, path: str, local_file: Path) -> ArtifactRecord:
         """Store one artifact file's bytes (deduplicated by content) and index it."""

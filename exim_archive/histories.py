@@ -15,7 +15,7 @@ Four ways in, best first:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,8 @@ class HistoryReader:
         if source.kind == "database":
             self._sql, self.note = open_fast_path(store, source.uri)
 
-    def read(self, runs: list[RunRecord]) -> dict[str, pa.Table]:
+    def read(self, runs: list[RunRecord]) -> dict[str, pa.Table | Iterator[pa.Table]]:
+        """Each run's points: a table, or (a long run read by SQL) one table per key, lazily."""
         if self._sql is not None:
             self.sql_reads += 1
             return self.source.call(
@@ -69,6 +70,26 @@ class HistoryReader:
             for run in batch:
                 points[(run.run_id, key)] = got.get(run.run_id, [])
         return {run.run_id: _table(run, points) for run in runs}
+
+    def counts(self, runs: list[RunRecord]) -> dict[str, dict[str, int]]:
+        """Stored points per run and key: one grouped count on a database, the histories
+        themselves elsewhere."""
+        if self._sql is not None:
+            sql = self._sql
+            return self.source.call(
+                f"counting the metric points of {len(runs)} runs",
+                partial(sql.count, [r.run_id for r in runs]),
+            )
+        out: dict[str, dict[str, int]] = {}
+        for run_id, points in self.read(runs).items():
+            counts: dict[str, int] = {}
+            for table in [points] if isinstance(points, pa.Table) else points:
+                grouped = table.group_by("key").aggregate([([], "count_all")])
+                keys, ns = grouped["key"].to_pylist(), grouped["count_all"].to_pylist()
+                for key, n in zip(keys, ns, strict=True):
+                    counts[key] = counts.get(key, 0) + n
+            out[run_id] = counts
+        return out
 
     def _tasks(self, runs: list[RunRecord]) -> Iterable[tuple[str, list[RunRecord]]]:
         by_key: dict[str, list[tuple[RunRecord, int]]] = defaultdict(list)

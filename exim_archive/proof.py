@@ -52,16 +52,35 @@ class ProofReport:
 
 
 def _distinct_points(reader: ArchiveReader) -> dict[str, dict[str, int]]:
-    """Distinct (key, step, timestamp, value) points per run and key: what a store keeps."""
+    """Distinct (key, step, timestamp, value) points per run and key: what a store keeps.
+
+    The metrics table is sorted by (run_id, key, step, timestamp, value), so equal points sit
+    next to each other: a point is new when it differs from the one before. One row group at a
+    time, whatever the length of a history."""
     out: dict[str, dict[str, int]] = defaultdict(dict)
-    for run_id, points in reader.iter_run_metrics():
-        bits = pc.cast(points.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
-        table = points.drop_columns(["value"]).append_column("bits", pa.array(bits.view("int64")))
-        grouped = table.group_by(["key", "step", "timestamp", "bits"]).aggregate([])
-        counts = grouped.group_by("key").aggregate([([], "count_all")])
-        out[run_id] = dict(
-            zip(counts["key"].to_pylist(), counts["count_all"].to_pylist(), strict=True)
-        )
+    last: tuple[object, ...] | None = None
+    for batch in reader.iter_metric_batches():
+        if not len(batch):
+            continue
+        values = pc.cast(batch.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
+        cols = [
+            batch.column("run_id"),
+            batch.column("key"),
+            batch.column("step"),
+            batch.column("timestamp"),
+            pa.array(values.view("int64")),
+        ]
+        n = len(batch)
+        new = pc.not_equal(cols[0].slice(1), cols[0].slice(0, n - 1))
+        for col in cols[1:]:
+            new = pc.or_(new, pc.not_equal(col.slice(1), col.slice(0, n - 1)))
+        first = tuple(c[0].as_py() for c in cols)
+        flags = pa.concat_arrays([pa.array([first != last]), new])
+        last = tuple(c[n - 1].as_py() for c in cols)
+        table = pa.table({"run_id": cols[0], "key": cols[1], "new": pc.cast(flags, pa.int64())})
+        for row in table.group_by(["run_id", "key"]).aggregate([("new", "sum")]).to_pylist():
+            run = out[row["run_id"]]
+            run[row["key"]] = run.get(row["key"], 0) + row["new_sum"]
     return out
 
 
@@ -199,9 +218,5 @@ def _target_counts(
     reader = HistoryReader(target, workers)
     out: dict[str, dict[str, int]] = {}
     for start in range(0, len(runs), 200):
-        for run_id, table in reader.read(runs[start : start + 200]).items():
-            grouped = table.group_by("key").aggregate([([], "count_all")])
-            out[run_id] = dict(
-                zip(grouped["key"].to_pylist(), grouped["count_all"].to_pylist(), strict=True)
-            )
+        out.update(reader.counts(runs[start : start + 200]))
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,9 @@ class MlflowSource:
 
     # -- metric histories -----------------------------------------------------------------------
 
-    def metric_histories(self, runs: list[RunRecord], workers: int) -> dict[str, pa.Table]:
+    def metric_histories(
+        self, runs: list[RunRecord], workers: int
+    ) -> dict[str, pa.Table | Iterator[pa.Table]]:
         """Every point of every metric of the runs, as ``metrics`` table slices per run.
 
         Bulk reads (up to 100 runs per call and key) where the source has them and they are

@@ -60,6 +60,7 @@ _DIALECTS = frozenset({"sqlite", "postgresql", "mysql"})
 READ_RUNS = 500
 """Run ids per ``IN (...)`` list."""
 READ_ROWS = 50_000
+LONG_RUN_POINTS = 1_000_000
 """Rows per streamed partition."""
 WRITE_ROWS = 5_000
 """Rows per INSERT batch and per transaction (short, so SQLite writers do not wait long)."""
@@ -148,7 +149,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _empty() -> pa.Table:
-    return T.METRICS.schema.empty_table()
+    return _POINTS.empty_table()
 
 
 class SqlMetrics:
@@ -166,13 +167,45 @@ class SqlMetrics:
 
     # -- read (pack) -----------------------------------------------------------------------------
 
-    def read(self, runs: Sequence[RunRecord]) -> dict[str, pa.Table]:
+    def read(self, runs: Sequence[RunRecord]) -> dict[str, pa.Table | Iterator[pa.Table]]:
         """Every point of every listed key of the runs: ``metrics`` slices per run, in (key,
-        step) order (the order of the ``run_uuid, key, step`` index; the writer sorts fully)."""
-        out: dict[str, pa.Table] = {}
-        for batch in _chunks(runs, READ_RUNS):
+        step) order (the order of the ``run_uuid, key, step`` index; the writer sorts fully).
+
+        A run whose histories look longer than :data:`LONG_RUN_POINTS` (by its latest steps)
+        comes as a lazy sequence of one table per key instead, read when the writer gets to
+        it: memory then holds one key's history, not the run's."""
+        out: dict[str, pa.Table | Iterator[pa.Table]] = {}
+        short = [r for r in runs if _size_hint(r) <= LONG_RUN_POINTS]
+        for batch in _chunks(short, READ_RUNS):
             out.update(_split(self._select([r.run_id for r in batch]), batch))
+        for run in runs:
+            if run.run_id not in out:
+                out[run.run_id] = self._by_key(run)
         return out
+
+    def _by_key(self, run: RunRecord) -> Iterator[pa.Table]:
+        for key in sorted(run.metric_keys, key=lambda k: k.encode("utf-8")):
+            table = self._select([run.run_id], key)
+            yield table.select(T.METRICS.schema.names).cast(_POINTS)
+
+    def count(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Stored points per run and key (the table's key makes each stored point distinct)."""
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for batch in _chunks(run_ids, READ_RUNS):
+            sql = (
+                f"SELECT {self._quoted('run_uuid', 'key')}, COUNT(*) FROM "
+                f"{self._quoted('metrics')} WHERE {self._quoted('run_uuid')} IN "
+                f"({self._marks(len(batch))}) GROUP BY {self._quoted('run_uuid', 'key')}"
+            )
+            with self.engine.connect() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(sql, tuple(batch))
+                    for run_id, key, count in cursor.fetchall():
+                        out[str(run_id)][str(key)] = int(count)
+                finally:
+                    cursor.close()
+        return dict(out)
 
     def _quoted(self, *names: str) -> str:
         quote = self.engine.dialect.identifier_preparer.quote
@@ -182,19 +215,23 @@ class SqlMetrics:
         """DBAPI placeholders: qmark for sqlite3, format for the PostgreSQL and MySQL drivers."""
         return ", ".join(["?" if self.dialect == "sqlite" else "%s"] * count)
 
-    def _select(self, run_ids: Sequence[str]) -> pa.Table:
-        """The rows of the runs, fetched in partitions straight off the driver's cursor (SQLAlchemy
-        rows would double the cost of a large read)."""
+    def _select(self, run_ids: Sequence[str], key: str | None = None) -> pa.Table:
+        """The rows of the runs (of one key, if given), fetched in partitions straight off the
+        driver's cursor (SQLAlchemy rows would double the cost of a large read)."""
+        where = f"{self._quoted('run_uuid')} IN ({self._marks(len(run_ids))})"
+        params: tuple[str, ...] = tuple(run_ids)
+        if key is not None:
+            where += f" AND {self._quoted('key')} = {self._marks(1)}"
+            params += (key,)
         sql = (
-            f"SELECT {self._quoted(*_COLUMNS)} FROM {self._quoted('metrics')} "
-            f"WHERE {self._quoted('run_uuid')} IN ({self._marks(len(run_ids))}) "
+            f"SELECT {self._quoted(*_COLUMNS)} FROM {self._quoted('metrics')} WHERE {where} "
             f"ORDER BY {self._quoted('run_uuid', 'key', 'step')}"
         )
         parts: list[pa.Table] = []
         with self.engine.connect() as conn:
             cursor = self._streaming_cursor(conn)
             try:
-                cursor.execute(sql, tuple(run_ids))
+                cursor.execute(sql, params)
                 while rows := cursor.fetchmany(READ_ROWS):
                     parts.append(_rows_table(rows))
             finally:
@@ -304,9 +341,11 @@ class SqlMetrics:
 
 # -- Arrow helpers -------------------------------------------------------------------------------
 
+RUN_ID_DICT = pa.dictionary(pa.int32(), pa.string())
+"""Run ids as read: dictionary-encoded (4 bytes a point instead of ~36; a history has one)."""
 _RAW = pa.schema(
     [
-        ("run_id", pa.string()),
+        ("run_id", RUN_ID_DICT),
         ("key", pa.string()),
         ("step", pa.int64()),
         ("timestamp", pa.int64()),
@@ -314,6 +353,16 @@ _RAW = pa.schema(
         ("is_nan", pa.bool_()),
     ]
 )
+
+
+_POINTS = T.METRICS.schema.set(0, pa.field("run_id", RUN_ID_DICT, nullable=False))
+"""A run's points as :meth:`SqlMetrics.read` gives them: the ``metrics`` columns, run ids
+dictionary-encoded (the bundle writer writes them as plain strings)."""
+
+
+def _size_hint(run: RunRecord) -> int:
+    """Points the run's histories hold if steps count up from 0 (its latest step per key)."""
+    return sum(max(1, step + 1) for step in run.metric_last_steps)
 
 
 def _raw_empty() -> pa.Table:
@@ -329,7 +378,7 @@ def _rows_table(rows: Sequence[Any]) -> pa.Table:
         value = pc.if_else(is_nan, pa.scalar(math.nan, pa.float64()), value)
     return pa.table(
         [
-            pa.array(run_ids, pa.string()),
+            pa.array(run_ids, pa.string()).dictionary_encode(),
             pa.array(keys, pa.string()),
             pa.array(steps, pa.int64()),
             pa.array(stamps, pa.int64()),
@@ -343,27 +392,32 @@ def _rows_table(rows: Sequence[Any]) -> pa.Table:
 def _split(table: pa.Table, runs: Sequence[RunRecord]) -> dict[str, pa.Table]:
     """Per run: its rows of the listed keys, as they came (runs without rows get none).
 
-    The query orders by run, so each run's rows are one slice; should a run come in pieces
-    after all, the pieces are joined in order.
+    Works chunk by chunk (one chunk per fetched partition), so a run's points are never copied
+    together: each run gets zero-copy slices of the partitions that hold it.
     """
-    table = table.select(T.METRICS.schema.names).combine_chunks()
-    pieces: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    if table.num_rows:
-        ids = table.column("run_id").chunk(0)  # one chunk after combine_chunks
+    table = table.select(T.METRICS.schema.names)
+    pieces: dict[str, list[pa.Table]] = defaultdict(list)
+    offset = 0
+    for chunk_rows in [len(c) for c in table.column("run_id").chunks]:
+        part = table.slice(offset, chunk_rows)
+        offset += chunk_rows
+        if not chunk_rows:
+            continue
+        ids = part.column("run_id").combine_chunks()
         change = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
         starts = [0, *(i + 1 for i in pc.indices_nonzero(change).to_pylist()), len(ids)]
         for start, end in itertools.pairwise(starts):
-            pieces[str(ids[start].as_py())].append((start, end - start))
+            pieces[str(ids[start].as_py())].append(part.slice(start, end - start))
     out: dict[str, pa.Table] = {}
     for run in runs:
         if run.run_id not in pieces:
             out[run.run_id] = _empty()
             continue
-        part = pa.concat_tables([table.slice(*p) for p in pieces[run.run_id]])
+        got = pa.concat_tables(pieces.pop(run.run_id))
         listed = set(run.metric_keys)
-        if not set(pc.unique(part.column("key")).to_pylist()) <= listed:
-            part = part.filter(pc.is_in(part.column("key"), pa.array(sorted(listed), pa.string())))
-        out[run.run_id] = part.cast(T.METRICS.schema)
+        if not set(pc.unique(got.column("key")).to_pylist()) <= listed:
+            got = got.filter(pc.is_in(got.column("key"), pa.array(sorted(listed), pa.string())))
+        out[run.run_id] = got.cast(_POINTS)
     return out
 
 
