@@ -179,7 +179,9 @@ def check_against(
         with_files = [found[0] for source, found in copies.items() if files.get(source)]
         listed = dict(
             ordered_map(
-                lambda r: (r.run_id, sink.files(r.run_id)), with_files, max(workers, LIST_WORKERS)
+                lambda r: (r.run_id, sink.files(r.run_id, r.artifact_uri)),
+                with_files,
+                max(workers, LIST_WORKERS),
             )
         )
         for run in reader.runs():

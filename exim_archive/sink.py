@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, RunRecord
 from .sql_metrics import LazyFastPath
-from .uri import redact_uri
+from .uri import redact_uri, uri_kind
 
 __all__ = ["ExistingRun", "Fitted", "MlflowSink", "TargetExperiment", "fit_tags"]
 
@@ -348,19 +348,29 @@ class MlflowSink:
 
     # -- reading back, for the proof after unpack ------------------------------------------------
 
-    def files(self, run_id: str) -> dict[str, int]:
-        """Every artifact file of the run with its size."""
-        return self._files(run_id, None)
+    def files(self, run_id: str, artifact_uri: str | None = None) -> dict[str, int]:
+        """Every artifact file of the run with its size.
 
-    def _files(self, run_id: str, path: str | None) -> dict[str, int]:
-        listing = self.call(
-            f"listing artifacts of run {run_id}",
-            partial(self.client.list_artifacts, run_id, path),
-        )
+        Given the run's ``artifact_uri`` on a database or file target, the folders are listed
+        through the artifact repository directly: MLflow's ``list_artifacts(run_id)`` reads the
+        whole run from the store again for every folder."""
+        if artifact_uri and uri_kind(self.uri) != "http" and "://" in artifact_uri:
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
+
+            repo = get_artifact_repository(artifact_uri)
+            return self._files(run_id, None, repo.list_artifacts)
+        return self._files(run_id, None, partial(self.client.list_artifacts, run_id))
+
+    def _files(
+        self, run_id: str, path: str | None, list_folder: Callable[[str | None], Any]
+    ) -> dict[str, int]:
+        listing = self.call(f"listing artifacts of run {run_id}", partial(list_folder, path))
         out: dict[str, int] = {}
         for info in listing:
             if info.is_dir:
-                out.update(self._files(run_id, info.path))
+                out.update(self._files(run_id, info.path, list_folder))
             else:
                 out[info.path] = int(info.file_size or 0)
         return out
