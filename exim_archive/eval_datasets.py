@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from .families import PackScope, Rows, UnpackScope, compact_json
+from .families import PackScope, Rows, UnpackScope, compact_json, iter_token_pages
 from .lineage import PREFIX, _fields, _system_tags
 from .mlflow_errors import Caller
 from .pool import ordered_map
@@ -106,21 +106,7 @@ def _pages(
     call: Caller, what: str, fetch: Callable[[str | None], tuple[list[Any], str | None]]
 ) -> list[Any]:
     """Every item of a paged listing; ``fetch(token)`` returns one page and the next token."""
-    items: list[Any] = []
-    token: str | None = None
-    seen: set[str] = set()
-    while True:
-        page, token = call(what, partial(fetch, token))
-        items.extend(page)
-        if not token:
-            return items
-        if token in seen:
-            raise call.error(
-                f"{what} failed: the server repeated page token {token[:40]!r}",
-                where=call.where,
-                hint=call.hint,
-            )
-        seen.add(token)
+    return [item for page in iter_token_pages(call, what, fetch) for item in page]
 
 
 def _search_page(

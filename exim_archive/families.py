@@ -13,19 +13,26 @@ Rows are ``{table name: [row dict, ...]}`` with the columns of :mod:`exim_archiv
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from .lineage import Origin
 from .manifest import canonical_json
 from .mlflow_errors import Caller
 
-__all__ = ["PackScope", "Rows", "UnpackScope", "compact_json", "iter_pages"]
+__all__ = [
+    "PackScope",
+    "Rows",
+    "UnpackScope",
+    "compact_json",
+    "iter_pages",
+    "iter_token_pages",
+]
 
 Rows = dict[str, list[dict[str, Any]]]
+P = TypeVar("P")
 
 
 def compact_json(value: Any) -> str:
@@ -33,15 +40,17 @@ def compact_json(value: Any) -> str:
     return canonical_json(value).decode("utf-8").rstrip("\n")
 
 
-def iter_pages(call: Caller, what: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-    """Each page of an MLflow paged listing (``fn(..., page_token=...)`` returning a PagedList),
-    every call through ``call``; a page token the server repeats is an error, not a loop."""
+def iter_token_pages(
+    call: Caller, what: str, fetch: Callable[[str | None], tuple[P, str | None]]
+) -> Iterator[P]:
+    """Each page of a paged listing, every call through ``call``: ``fetch(token)`` returns a
+    page and the next token (None at the end). A token the server repeats is an error, not a
+    loop."""
     token: str | None = None
     seen: set[str] = set()
     while True:
-        page = call(what, partial(fn, page_token=token, **kwargs))
+        page, token = call(what, partial(fetch, token))
         yield page
-        token = page.token or None
         if token is None:
             return
         if token in seen:
@@ -53,13 +62,14 @@ def iter_pages(call: Caller, what: str, fn: Callable[..., Any], **kwargs: Any) -
         seen.add(token)
 
 
-def loads_or_empty(text: str | None) -> Any:
-    if not text:
-        return {}
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {}
+def iter_pages(call: Caller, what: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Each page of an MLflow paged listing (``fn(..., page_token=...)`` returning a PagedList)."""
+
+    def fetch(token: str | None) -> tuple[Any, str | None]:
+        page = fn(page_token=token, **kwargs)
+        return page, page.token or None
+
+    return iter_token_pages(call, what, fetch)
 
 
 @dataclass
