@@ -68,6 +68,17 @@ def _main(
     _state["debug"] = debug
 
 
+ArtifactsDestination = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts-destination",
+        help="With a database URI: where the server that uses this database keeps served "
+        "(mlflow-artifacts:/) artifacts, as its own --artifacts-destination (a path or URI).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def pack(
     archive: ArchiveArg,
@@ -85,6 +96,7 @@ def pack(
     no_artifacts: Annotated[
         bool, typer.Option("--no-artifacts", help="Leave run artifacts out.")
     ] = False,
+    artifacts_destination: ArtifactsDestination = None,
     leave_out: Annotated[
         list[str] | None,
         typer.Option(
@@ -105,6 +117,7 @@ def pack(
         tracking_uri=tracking_uri,
         experiments=experiment,
         artifacts=not no_artifacts,
+        artifacts_destination=artifacts_destination,
         overwrite=force,
         leave_out=frozenset(leave_out or ()),
     )

@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
 
 from . import __version__
+from .artifact_roots import ArtifactRoots
 from .bundle_writer import ArchiveWriter, check_destination
 from .errors import UsageError
 from .families import PackScope
@@ -25,6 +27,7 @@ from .pool import ordered_map
 from .progress import Progress
 from .records import RunRecord
 from .source import MlflowSource
+from .sql_source import SqlSource, open_sql_source
 from .uri import resolve_tracking_uri
 
 __all__ = ["PackReport", "pack"]
@@ -55,13 +58,12 @@ def _created_at() -> str:
 
 
 def _producer() -> dict[str, str]:
-    import mlflow
     import zstandard
 
     return {
         "name": "exim-archive",
         "version": __version__,
-        "mlflow": mlflow.__version__,
+        "mlflow": version("mlflow"),
         "pyarrow": pa.__version__,
         "zstandard": zstandard.__version__,
     }
@@ -128,6 +130,7 @@ def pack(
     tracking_uri: str | None = None,
     experiments: list[str] | None = None,
     artifacts: bool = True,
+    artifacts_destination: str | None = None,
     overwrite: bool = False,
     workers: int = 8,
     progress: bool | None = None,
@@ -136,6 +139,10 @@ def pack(
     """Pack experiments (all, deleted included, when ``experiments`` is None) into ``archive``,
     with the registry, prompts, logged models, traces and evaluation datasets that belong to
     them (see :mod:`.registry`), except the families named in ``leave_out``.
+
+    From a database URI, ``artifacts_destination`` is where the server serving that database
+    keeps its ``mlflow-artifacts:/`` files (see :mod:`.artifact_roots`); the database is read
+    with plain SQL where :mod:`.sql_source` applies, through MLflow's store otherwise.
 
     The file appears only when complete (written under a temporary name, then renamed); an
     existing file is replaced only with ``overwrite``.
@@ -148,7 +155,12 @@ def pack(
         )
     started = time.perf_counter()
     check_destination(archive, overwrite)
-    source = MlflowSource(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    roots = ArtifactRoots(artifacts_destination)
+    MlflowSource.check_sqlite_file(uri)
+    source: MlflowSource | SqlSource = open_sql_source(uri, roots) or MlflowSource(
+        uri, artifact_roots=roots
+    )
     selected = source.experiments(experiments or None)
     runs = source.runs([e.experiment_id for e in selected])
     writer = ArchiveWriter(
@@ -185,17 +197,18 @@ def pack(
                 shutil.rmtree(downloads / run.run_id, ignore_errors=True)
                 bar.advance()
         bar.close()
-        scope = PackScope(
-            client=source.client,
-            call=source.call,
-            tracking_uri=source.uri,
-            experiment_ids=[e.experiment_id for e in selected],
-            run_ids=frozenset(r.run_id for r in runs),
-            everything=not experiments,
-            notes=source.notes,
-            workers=workers,
-        )
-        _pack_families(scope, writer, leave_out, downloads if artifacts else None)
+        if not isinstance(source, SqlSource) or source.families_present():
+            scope = PackScope(
+                client=source.client,
+                call=source.call,
+                tracking_uri=source.uri,
+                experiment_ids=[e.experiment_id for e in selected],
+                run_ids=frozenset(r.run_id for r in runs),
+                everything=not experiments,
+                notes=source.notes,
+                workers=workers,
+            )
+            _pack_families(scope, writer, leave_out, downloads if artifacts else None)
         shutil.rmtree(downloads, ignore_errors=True)
         manifest, digest = writer.finish()
     except BaseException:

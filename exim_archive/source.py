@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.json_format import MessageToDict
 
+from .artifact_roots import PROXIED, ArtifactRoots
 from .errors import ArchiveError, SourceError
 from .histories import HistoryReader
 from .manifest import canonical_json
@@ -29,7 +30,11 @@ _PAGE = 50_000
 
 
 def _proto_json(entity: Any) -> str:
+    """The entity's protobuf message as JSON (spec 1.0 §6.6); a ``tags`` list sorted by key
+    (MLflow gives them in the database's row order, which a copy of the store does not keep)."""
     raw = MessageToDict(entity.to_proto(), preserving_proto_field_name=True)
+    if isinstance(raw.get("tags"), list):
+        raw["tags"] = sorted(raw["tags"], key=lambda t: (t.get("key", ""), t.get("value", "")))
     return canonical_json(raw).decode("utf-8").rstrip("\n")
 
 
@@ -51,26 +56,30 @@ class MlflowSource:
         *,
         error: type[ArchiveError] = SourceError,
         hint: str = "check the server and the URI, then run pack again",
+        artifact_roots: ArtifactRoots | None = None,
     ) -> None:
         """``error`` and ``hint``: how failures are reported (a target read back by the proof
-        after unpack reports them as the target's)."""
+        after unpack reports them as the target's); ``artifact_roots``: where a database's
+        served (``mlflow-artifacts:``) artifacts are."""
         self.uri = tracking_uri
         self.safe_uri = redact_uri(tracking_uri)
         self.kind = uri_kind(tracking_uri)
         self.call = Caller(error, self.safe_uri, hint)
         self.notes: list[str] = []
         self._histories: HistoryReader | None = None
-        self._check_sqlite_file()
+        self.artifact_roots = artifact_roots or ArtifactRoots()
+        self.check_sqlite_file(tracking_uri)
         self.client = open_client(tracking_uri, self.call)
 
-    def _check_sqlite_file(self) -> None:
+    @staticmethod
+    def check_sqlite_file(uri: str) -> None:
         """MLflow would create a missing sqlite file: a source must exist."""
-        if self.uri.startswith("sqlite:"):
-            path = self.uri.split("///", 1)[-1] if "///" in self.uri else ""
+        if uri.startswith("sqlite:"):
+            path = uri.split("///", 1)[-1] if "///" in uri else ""
             if path and path != ":memory:" and not os.path.exists(path):
                 raise SourceError(
                     "no such database file",
-                    where=self.safe_uri,
+                    where=redact_uri(uri),
                     hint="check the path (sqlite:/// then an absolute or relative path)",
                 )
 
@@ -224,13 +233,9 @@ class MlflowSource:
     def download_artifacts(self, run: RunRecord, destination: Path) -> list[tuple[str, Path]]:
         """Download the run's whole artifact tree; returns (artifact path, local file) sorted."""
         uri = run.artifact_uri or ""
-        if uri.startswith("mlflow-artifacts:") and self.kind != "http":
-            # checked before listing: MLflow's own error for it names no way out
-            raise SourceError(
-                f"run {run.run_id} keeps its artifacts behind a tracking server ({uri})",
-                where=self.safe_uri,
-                hint="pack through the server's http:// URI, or use --no-artifacts",
-            )
+        if uri.startswith(PROXIED) and self.kind != "http":
+            # MLflow cannot reach them from a database URI (and its error names no way out)
+            return self.artifact_roots.run_files(self, run, destination)
         top = self.call(
             f"listing artifacts of run {run.run_id}", lambda: self.client.list_artifacts(run.run_id)
         )

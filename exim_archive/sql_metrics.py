@@ -35,7 +35,8 @@ import os
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -49,7 +50,14 @@ if TYPE_CHECKING:
 
     from .records import RunRecord
 
-__all__ = ["DISABLE_ENV", "TESTED_REVISIONS", "LazyFastPath", "SqlMetrics", "open_fast_path"]
+__all__ = [
+    "DISABLE_ENV",
+    "TESTED_REVISIONS",
+    "LazyFastPath",
+    "PointReader",
+    "SqlMetrics",
+    "open_fast_path",
+]
 
 TESTED_REVISIONS = frozenset({"dc11669786a5"})
 """Alembic revisions whose ``metrics`` / ``latest_metrics`` tables this module was tested on:
@@ -152,20 +160,18 @@ def _empty() -> pa.Table:
     return _POINTS.empty_table()
 
 
-class SqlMetrics:
-    """Reads and writes metric points of one database with SQLAlchemy Core."""
+class PointReader:
+    """Reads metric points with plain SQL over DB-API connections from ``connect`` (a context
+    manager yielding one connection): the store's engine on MLflow's path, or the database's
+    own driver (:mod:`.sql_source`)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun
-
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self.metrics: sa.Table = SqlMetric.__table__
-        self.latest: sa.Table = SqlLatestMetric.__table__
-        self.runs: sa.Table = SqlRun.__table__
+    def __init__(
+        self, dialect: str, driver: str, connect: Callable[[], AbstractContextManager[Any]]
+    ) -> None:
+        self.dialect = dialect
+        self.driver = driver
+        self._connect = connect
         self.rows_read = 0
-
-    # -- read (pack) -----------------------------------------------------------------------------
 
     def read(self, runs: Sequence[RunRecord]) -> dict[str, pa.Table | Iterator[pa.Table]]:
         """Every point of every listed key of the runs: ``metrics`` slices per run, in (key,
@@ -193,12 +199,12 @@ class SqlMetrics:
         out: dict[str, dict[str, int]] = defaultdict(dict)
         for batch in _chunks(run_ids, READ_RUNS):
             sql = (
-                f"SELECT {self._quoted('run_uuid', 'key')}, COUNT(*) FROM "
-                f"{self._quoted('metrics')} WHERE {self._quoted('run_uuid')} IN "
-                f"({self._marks(len(batch))}) GROUP BY {self._quoted('run_uuid', 'key')}"
+                f"SELECT {self.quoted('run_uuid', 'key')}, COUNT(*) FROM "
+                f"{self.quoted('metrics')} WHERE {self.quoted('run_uuid')} IN "
+                f"({self.marks(len(batch))}) GROUP BY {self.quoted('run_uuid', 'key')}"
             )
-            with self.engine.connect() as conn:
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            with self._connect() as raw:
+                cursor = raw.cursor()
                 try:
                     cursor.execute(sql, tuple(batch))
                     for run_id, key, count in cursor.fetchall():
@@ -207,29 +213,30 @@ class SqlMetrics:
                     cursor.close()
         return dict(out)
 
-    def _quoted(self, *names: str) -> str:
-        quote = self.engine.dialect.identifier_preparer.quote
-        return ", ".join(quote(name) for name in names)
+    def quoted(self, *names: str) -> str:
+        """Identifiers, always quoted (lower-case names: the same meaning quoted or not)."""
+        mark = "`" if self.dialect == "mysql" else '"'
+        return ", ".join(f"{mark}{name}{mark}" for name in names)
 
-    def _marks(self, count: int) -> str:
+    def marks(self, count: int) -> str:
         """DBAPI placeholders: qmark for sqlite3, format for the PostgreSQL and MySQL drivers."""
         return ", ".join(["?" if self.dialect == "sqlite" else "%s"] * count)
 
     def _select(self, run_ids: Sequence[str], key: str | None = None) -> pa.Table:
         """The rows of the runs (of one key, if given), fetched in partitions straight off the
         driver's cursor (SQLAlchemy rows would double the cost of a large read)."""
-        where = f"{self._quoted('run_uuid')} IN ({self._marks(len(run_ids))})"
+        where = f"{self.quoted('run_uuid')} IN ({self.marks(len(run_ids))})"
         params: tuple[str, ...] = tuple(run_ids)
         if key is not None:
-            where += f" AND {self._quoted('key')} = {self._marks(1)}"
+            where += f" AND {self.quoted('key')} = {self.marks(1)}"
             params += (key,)
         sql = (
-            f"SELECT {self._quoted(*_COLUMNS)} FROM {self._quoted('metrics')} WHERE {where} "
-            f"ORDER BY {self._quoted('run_uuid', 'key', 'step')}"
+            f"SELECT {self.quoted(*_COLUMNS)} FROM {self.quoted('metrics')} WHERE {where} "
+            f"ORDER BY {self.quoted('run_uuid', 'key', 'step')}"
         )
         parts: list[pa.Table] = []
-        with self.engine.connect() as conn:
-            cursor = self._streaming_cursor(conn)
+        with self._connect() as raw:
+            cursor = self._streaming_cursor(raw)
             try:
                 cursor.execute(sql, params)
                 while rows := cursor.fetchmany(READ_ROWS):
@@ -240,19 +247,38 @@ class SqlMetrics:
         self.rows_read += table.num_rows
         return table
 
-    def _streaming_cursor(self, conn: sa.Connection) -> Any:
+    def _streaming_cursor(self, raw: Any) -> Any:
         """A server-side cursor where the driver has one, so a large read is never all in
         memory twice; a plain cursor otherwise (sqlite3 steps through results as fetched)."""
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        driver = self.engine.dialect.driver
-        if driver in ("psycopg", "psycopg2"):
+        if self.driver in ("psycopg", "psycopg2"):
             return raw.cursor(name=f"exim_metrics_{uuid.uuid4().hex[:12]}")
-        if driver in ("pymysql", "mysqldb"):
-            dbapi = self.engine.dialect.loaded_dbapi
-            cursors = importlib.import_module(f"{dbapi.__name__}.cursors")
+        if self.driver in ("pymysql", "mysqldb"):
+            package = "pymysql" if self.driver == "pymysql" else "MySQLdb"
+            cursors = importlib.import_module(f"{package}.cursors")
             return raw.cursor(cursors.SSCursor)
         return raw.cursor()
+
+
+class SqlMetrics:
+    """Reads (:class:`PointReader`) and writes metric points of one database through the
+    store's SQLAlchemy engine."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun
+
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.metrics: sa.Table = SqlMetric.__table__
+        self.latest: sa.Table = SqlLatestMetric.__table__
+        self.runs: sa.Table = SqlRun.__table__
+        self.reader = PointReader(self.dialect, engine.dialect.driver, self._raw_connection)
+        self.read = self.reader.read
+        self.count = self.reader.count
+
+    @contextmanager
+    def _raw_connection(self) -> Iterator[Any]:
+        with self.engine.connect() as conn:
+            yield conn.connection.dbapi_connection
 
     # -- write (unpack) --------------------------------------------------------------------------
 
@@ -296,12 +322,12 @@ class SqlMetrics:
         """INSERT of one point that leaves a row already there alone; executed many times by
         the driver (SQLAlchemy's per-row parameter processing would double the cost)."""
         sql = (
-            f"INSERT INTO {self._quoted('metrics')} ({self._quoted(*_COLUMNS)}) "
-            f"VALUES ({self._marks(len(_COLUMNS))})"
+            f"INSERT INTO {self.reader.quoted('metrics')} ({self.reader.quoted(*_COLUMNS)}) "
+            f"VALUES ({self.reader.marks(len(_COLUMNS))})"
         )
         if self.dialect == "mysql":
             # A no-op update: unlike INSERT IGNORE it keeps strict mode's errors.
-            run = self._quoted("run_uuid")
+            run = self.reader.quoted("run_uuid")
             return f"{sql} ON DUPLICATE KEY UPDATE {run} = {run}"
         return f"{sql} ON CONFLICT DO NOTHING"
 

@@ -1,0 +1,94 @@
+"""Where a run's artifact files are when the tracking URI is a database, not a server.
+
+A server started with ``--artifacts-destination D`` hands out ``mlflow-artifacts:/P`` URIs and
+keeps the files at ``D/P``; a database URI alone cannot reach them. Given the same ``D``
+(``--artifacts-destination`` on pack and unpack: a local path or any URI MLflow's artifact
+repositories take), ``mlflow-artifacts:/P`` (or ``mlflow-artifacts://host:port/P``) means
+``D/P`` here too. Local folders (a plain path or ``file:`` URI) are read in place, without
+copying; anything else goes through MLflow's artifact repository for that URI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from .errors import SourceError
+
+if TYPE_CHECKING:
+    from .records import RunRecord
+
+__all__ = ["PROXIED", "ArtifactRoots"]
+
+PROXIED = "mlflow-artifacts:"
+"""The scheme of artifact URIs a tracking server serves itself."""
+
+
+class ArtifactRoots:
+    """Maps artifact URIs of one database store to where the files are."""
+
+    def __init__(self, destination: str | None = None) -> None:
+        self.destination = destination.rstrip("/") if destination else None
+        if self.destination and "://" not in self.destination and ":" not in self.destination[:2]:
+            self.destination = str(Path(self.destination).absolute())
+
+    def resolve(self, uri: str) -> str | None:
+        """``uri`` with a served (``mlflow-artifacts:``) prefix replaced by the destination;
+        None for a served URI when no destination was given."""
+        if not uri.startswith(PROXIED):
+            return uri
+        if self.destination is None:
+            return None
+        path = urlsplit(uri).path.strip("/")
+        return f"{self.destination}/{path}" if path else self.destination
+
+    @staticmethod
+    def local_folder(uri: str) -> Path | None:
+        """The folder a plain path or ``file:`` URI names; None for any other scheme."""
+        parts = urlsplit(uri)
+        if parts.scheme == "file":
+            return Path(url2pathname(parts.path))
+        if not parts.scheme or len(parts.scheme) == 1:  # a path (or a Windows drive letter)
+            return Path(uri)
+        return None
+
+    def run_files(self, source: Any, run: RunRecord, scratch: Path) -> list[tuple[str, Path]]:
+        """(artifact path, local file) of every file of the run, sorted by path. A local
+        folder is read where it is; other storage is downloaded into ``scratch`` through
+        ``source.call`` (retries, one error line)."""
+        uri = run.artifact_uri or ""
+        if not uri:
+            return []
+        resolved = self.resolve(uri)
+        if resolved is None:
+            raise SourceError(
+                f"run {run.run_id} keeps its artifacts behind a tracking server ({uri})",
+                where=source.safe_uri,
+                hint="give the server's --artifacts-destination as --artifacts-destination, "
+                "pack through the server's http:// URI, or use --no-artifacts",
+            )
+        folder = self.local_folder(resolved)
+        if folder is not None:
+            if not folder.is_dir():
+                return []
+            return sorted(
+                (p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file()
+            )
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(resolved)
+        top = source.call(f"listing artifacts of run {run.run_id}", repo.list_artifacts)
+        if not top:
+            return []
+
+        def download() -> Path:
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            return Path(repo.download_artifacts("", dst_path=os.fspath(scratch)))
+
+        root = source.call(f"downloading artifacts of run {run.run_id} ({uri})", download)
+        return sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())

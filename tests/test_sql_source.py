@@ -1,0 +1,138 @@
+"""pack from a database URI reads with plain SQL (exim_archive.sql_source) and gives the same
+archive, byte for byte, as MLflow's store gives (EXIM_NO_SQL_FAST_PATH=1), on SQLite,
+PostgreSQL and MariaDB; served artifacts are reached with --artifacts-destination."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MlflowServer, NewStore
+from families_workload import seed_families
+from workload import seed_bulk, seed_rich
+
+from exim_archive import SourceError, pack
+from exim_archive.artifact_roots import ArtifactRoots
+from exim_archive.bundle_reader import ArchiveReader
+from exim_archive.sql_source import SqlSource, open_sql_source
+
+EPOCH = "1767225600"
+
+
+def _both_ways(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: object) -> bytes:
+    """Pack ``uri`` through MLflow and through SQL; assert the archives are the same bytes."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    source = open_sql_source(uri, ArtifactRoots())
+    assert isinstance(source, SqlSource), "the SQL path should apply to this store"
+    source.close()
+    fast = pack(tmp_path / "sql.exim", tracking_uri=uri, **kw)  # type: ignore[arg-type]
+    monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
+    slow = pack(tmp_path / "mlflow.exim", tracking_uri=uri, **kw)  # type: ignore[arg-type]
+    monkeypatch.delenv("EXIM_NO_SQL_FAST_PATH")
+    assert fast.counts == slow.counts
+    assert fast.digest == slow.digest
+    data = (tmp_path / "sql.exim").read_bytes()
+    assert data == (tmp_path / "mlflow.exim").read_bytes()
+    return data
+
+
+def test_sqlite_same_bytes_as_mlflow(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = new_sqlite("src")
+    seed_rich(src, "sq", tmp_path / "art")
+    seed_bulk(src, "bulk", 3, 50, tmp_path / "art")
+    _both_ways(src, tmp_path, monkeypatch)
+    # a selection by name, and one by id, read the same way too
+    _both_ways(src, tmp_path, monkeypatch, experiments=["bulk", "1"], overwrite=True)
+
+
+def test_sqlite_with_families_same_bytes(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry, logged models, traces and datasets still go through MLflow's readers."""
+    src = new_sqlite("src")
+    seed_families(src, "fam", tmp_path / "art")
+    _both_ways(src, tmp_path, monkeypatch)
+
+
+@pytest.mark.database
+def test_postgres_same_bytes_as_mlflow(
+    tmp_path: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_rich(postgres_uri, "pg", tmp_path / "art")
+    _both_ways(postgres_uri, tmp_path, monkeypatch)
+
+
+@pytest.mark.database
+def test_mariadb_same_bytes_as_mlflow(
+    tmp_path: Path, mysql_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = mysql_uri if "+pymysql" in mysql_uri else mysql_uri.replace("mysql:", "mysql+pymysql:")
+    seed_rich(uri, "my", tmp_path / "art")
+    _both_ways(uri, tmp_path, monkeypatch)
+
+
+def test_plain_store_packs_without_importing_mlflow(tmp_path: Path, new_sqlite: NewStore) -> None:
+    """The point of the SQL path: no MLflow import (seconds) when nothing needs it."""
+    src = new_sqlite("src")
+    seed_bulk(src, "bulk", 2, 20, tmp_path / "art")
+    code = (
+        "import sys; from exim_archive import pack; "
+        f"r = pack({str(tmp_path / 'a.exim')!r}, tracking_uri={src!r}); "
+        "assert r.counts['runs'] == 2 and r.counts['artifacts'] == 2, r.counts; "
+        "assert 'mlflow' not in sys.modules, 'mlflow was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_other_revision_or_driver_goes_through_mlflow(tmp_path: Path, new_sqlite: NewStore) -> None:
+    import sqlite3
+
+    src = new_sqlite("src")
+    assert open_sql_source(src.replace("sqlite:", "sqlite+pysqlite:"), ArtifactRoots()) is None
+    with sqlite3.connect(src.split("///", 1)[1]) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    assert open_sql_source(src, ArtifactRoots()) is None
+
+
+def _artifact_rows(archive: Path) -> list[tuple[str, str, int, str]]:
+    reader = ArchiveReader(archive)
+    try:
+        return sorted((a.run_id, a.path, a.size, a.sha256) for a in reader.artifacts())
+    finally:
+        reader.close()
+
+
+def test_served_artifacts_through_artifacts_destination(
+    tmp_path: Path, source_server: MlflowServer, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's database packed directly: its mlflow-artifacts:/ files are read from the
+    server's --artifacts-destination folder, the same files the server itself hands out."""
+    names = seed_rich(source_server.url, unique)
+    db = f"sqlite:///{source_server.db}"
+    over_http = pack(tmp_path / "http.exim", tracking_uri=source_server.url, experiments=names)
+    with pytest.raises(SourceError) as err:
+        pack(tmp_path / "db.exim", tracking_uri=db, experiments=names)
+    assert "--artifacts-destination" in str(err.value)
+    direct = pack(
+        tmp_path / "db.exim",
+        tracking_uri=db,
+        experiments=names,
+        artifacts_destination=str(source_server.artifacts),
+    )
+    assert direct.counts == over_http.counts and direct.counts["artifacts"] == 4
+    assert _artifact_rows(tmp_path / "db.exim") == _artifact_rows(tmp_path / "http.exim")
+    # the same through MLflow's store (the SQL path turned off), given as a file: URI
+    monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
+    uri = source_server.artifacts.as_uri()
+    again = pack(
+        tmp_path / "db2.exim",
+        tracking_uri=db,
+        experiments=names,
+        artifacts_destination=uri,
+        overwrite=True,
+    )
+    assert again.counts == direct.counts
