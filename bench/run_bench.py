@@ -776,9 +776,15 @@ def run_benchmark(ctx: Context) -> Results:
         new["pack http"] = new_pack(ctx, exim, source.uri, archive, "exim pack http")
         new["size"] = archive.stat().st_size
         new["bytes/point"] = metrics_table_bytes(ctx, exim, archive) / wl.metric_points
-        # the server proxies its artifacts (mlflow-artifacts:/): a database URI cannot reach them
+        # the server proxies its artifacts (mlflow-artifacts:/): read from its destination
         new["pack sqlite"] = new_pack(
-            ctx, exim, source.db_uri, work / "sqlite.exim", "exim pack sqlite", "--no-artifacts"
+            ctx,
+            exim,
+            source.db_uri,
+            work / "sqlite.exim",
+            "exim pack sqlite",
+            "--artifacts-destination",
+            str(source.root / "artifacts"),
         )
         floors["sqlite"], results.floors["sqlite"] = sql_floor(ctx, source.db_uri, "sqlite")
         if pg_source is not None:
@@ -830,9 +836,9 @@ def run_benchmark(ctx: Context) -> Results:
     ]
     if exim:
         results.notes.append(
-            "pack sqlite uses --no-artifacts: the source server proxies its artifacts "
-            "(mlflow-artifacts:/), which a database URI cannot reach; pack postgresql includes "
-            "the artifacts (local files)"
+            "pack sqlite reads the source server's database and its --artifacts-destination "
+            "folder (the server proxies its artifacts); pack postgresql includes the artifacts "
+            "(local files); both include every artifact, like the old export"
         )
     if not wl.full_entropy_values:
         results.notes.append("metric values: float32 computations widened to float64")

@@ -159,6 +159,7 @@ def unpack(
             help="Also write the source's raw fields and system tags as mlflow_exim.* tags.",
         ),
     ] = False,
+    artifacts_destination: ArtifactsDestination = None,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the report, with the old -> new id map, as JSON."),
@@ -168,7 +169,11 @@ def unpack(
     from .unpack import unpack as do_unpack
 
     report = do_unpack(
-        archive, tracking_uri=tracking_uri, import_source_tags=import_source_tags, say=_say
+        archive,
+        tracking_uri=tracking_uri,
+        import_source_tags=import_source_tags,
+        say=_say,
+        artifacts_destination=artifacts_destination,
     )
     for note in report.notes:
         _say(f"note: {note}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .artifact_roots import PROXIED, ArtifactRoots
 from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from .mlflow_errors import Caller, open_client
@@ -93,9 +94,13 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class MlflowSink:
     """Writes experiments, runs, metrics, inputs and artifacts to one tracking URI."""
 
-    def __init__(self, tracking_uri: str) -> None:
-
+    def __init__(self, tracking_uri: str, artifact_roots: ArtifactRoots | None = None) -> None:
+        """``artifact_roots``: on a database URI, where the server that serves it keeps its
+        ``mlflow-artifacts:/`` files (see :mod:`.artifact_roots`). Given a destination, new
+        experiments get ``mlflow-artifacts:/<id>`` locations, as that server would give them,
+        and run files are written under the destination."""
         self.uri = tracking_uri
+        self.artifact_roots = artifact_roots or ArtifactRoots()
         self.safe_uri = redact_uri(tracking_uri)
         # Runs of one experiment share dataset rows; MLflow's insert-if-absent races between
         # concurrent log_inputs calls (UNIQUE constraint on datasets), so they go one at a time.
@@ -107,6 +112,8 @@ class MlflowSink:
         )
         self.client = open_client(tracking_uri, self.call)
         self._store = self.client._tracking_client.store
+        if self.artifact_roots.destination and uri_kind(tracking_uri) == "database":
+            self._store.artifact_root_uri = f"{PROXIED}/"  # what the server's store is given
         self.notes: list[str] = []
         """Things worth telling about how this target was written (e.g. no direct SQL)."""
         # Metric points go through direct SQL on a database at a tested schema revision,
@@ -296,10 +303,32 @@ class MlflowSink:
             )
 
     def log_artifacts(self, run_id: str, directory: Path) -> None:
-        self.call(
-            f"uploading artifacts of run {run_id}",
-            lambda: self.client.log_artifacts(run_id, os.fspath(directory)),
+        repo = self._served_repository(run_id, self.artifact_uri(run_id))
+        upload = (
+            partial(self.client.log_artifacts, run_id, os.fspath(directory))
+            if repo is None
+            else partial(repo.log_artifacts, os.fspath(directory))
         )
+        self.call(f"uploading artifacts of run {run_id}", upload)
+
+    def _served_repository(self, run_id: str, artifact_uri: str | None) -> Any:
+        """The artifact repository of a run whose files a server serves (``mlflow-artifacts:``)
+        on a database target, through the destination; None where MLflow's client reaches
+        the files itself."""
+        if uri_kind(self.uri) == "http" or not (artifact_uri or "").startswith(PROXIED):
+            return None
+        assert artifact_uri is not None
+        resolved = self.artifact_roots.resolve(artifact_uri)
+        if resolved is None:
+            raise TargetError(
+                f"run {run_id} keeps its artifacts behind a tracking server ({artifact_uri})",
+                where=self.safe_uri,
+                hint="give that server's --artifacts-destination as --artifacts-destination, "
+                "or unpack through the server's http:// URI",
+            )
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        return get_artifact_repository(resolved)
 
     def finish_run(self, run_id: str, run: RunRecord) -> None:
         """Set status and end time as the source had them, then drop the incomplete marker."""
@@ -354,6 +383,9 @@ class MlflowSink:
         Given the run's ``artifact_uri`` on a database or file target, the folders are listed
         through the artifact repository directly: MLflow's ``list_artifacts(run_id)`` reads the
         whole run from the store again for every folder."""
+        served = self._served_repository(run_id, artifact_uri)
+        if served is not None:
+            return self._files(run_id, None, served.list_artifacts)
         if artifact_uri and uri_kind(self.uri) != "http" and "://" in artifact_uri:
             from mlflow.store.artifact.artifact_repository_registry import (
                 get_artifact_repository,

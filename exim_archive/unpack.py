@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .artifact_roots import ArtifactRoots
 from .bundle_reader import ArchiveReader
 from .errors import TargetError
 from .families import UnpackScope
@@ -384,14 +385,18 @@ def unpack(
     progress: bool | None = None,
     check: bool = True,
     say: Callable[[str], None] = lambda _text: None,
+    artifacts_destination: str | None = None,
 ) -> UnpackReport:
     """Write the archive's experiments and runs into ``tracking_uri`` (idempotent, resumable),
-    then (with ``check``) prove the target holds everything the archive does."""
+    then (with ``check``) prove the target holds everything the archive does.
+
+    ``artifacts_destination``: with a database URI, the ``--artifacts-destination`` of the
+    server that serves it (see :mod:`.artifact_roots` and :class:`.sink.MlflowSink`)."""
     started = time.perf_counter()
     uri = resolve_tracking_uri(tracking_uri)
     verify(archive, progress=progress).raise_if_failed()
     with ArchiveReader(archive) as reader:
-        sink = MlflowSink(uri)
+        sink = MlflowSink(uri, ArtifactRoots(artifacts_destination))
         report = UnpackReport(os.fspath(archive), reader.digest, redact_uri(uri))
         try:
             with TargetLock(sink, say) as lock:

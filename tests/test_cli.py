@@ -15,7 +15,7 @@ from workload import seed_rich
 from exim_archive.cli import app, main
 from exim_archive.errors import SourceError
 from exim_archive.pack import pack
-from exim_archive.source import MlflowSource
+from exim_archive.sql_source import SqlSource
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
@@ -102,21 +102,21 @@ def test_failed_pack_leaves_no_file(
     uri = new_sqlite("src")
     seed_rich(uri, "f", tmp_path / "art")
     calls = {"n": 0}
-    real = MlflowSource.download_artifacts
+    real = SqlSource.download_artifacts  # a sqlite store is read with plain SQL
 
-    def dying(self: MlflowSource, run: object, destination: Path) -> object:
+    def dying(self: SqlSource, run: object, destination: Path) -> object:
         calls["n"] += 1
         if calls["n"] == 3:
             raise SourceError("the server went away", where=uri)
         return real(self, run, destination)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(MlflowSource, "download_artifacts", dying)
+    monkeypatch.setattr(SqlSource, "download_artifacts", dying)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(SourceError):
         pack(out / "a.exim", tracking_uri=uri)
     assert list(out.iterdir()) == [], "a failed pack left files behind"
-    monkeypatch.setattr(MlflowSource, "download_artifacts", real)
+    monkeypatch.setattr(SqlSource, "download_artifacts", real)
     pack(out / "a.exim", tracking_uri=uri)
     assert [p.name for p in out.iterdir()] == ["a.exim"]
 

@@ -1,6 +1,6 @@
 """pack from a database URI reads with plain SQL (exim_archive.sql_source) and gives the same
 archive, byte for byte, as MLflow's store gives (EXIM_NO_SQL_FAST_PATH=1), on SQLite,
-PostgreSQL and MariaDB; served artifacts are reached with --artifacts-destination."""
+PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer, NewStore
+from conftest import NewStore
 from families_workload import seed_families
 from workload import seed_bulk, seed_rich
 
-from exim_archive import SourceError, pack
+from exim_archive import pack
 from exim_archive.artifact_roots import ArtifactRoots
-from exim_archive.bundle_reader import ArchiveReader
 from exim_archive.sql_source import SqlSource, open_sql_source
 
 EPOCH = "1767225600"
@@ -96,43 +95,3 @@ def test_other_revision_or_driver_goes_through_mlflow(tmp_path: Path, new_sqlite
     with sqlite3.connect(src.split("///", 1)[1]) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
     assert open_sql_source(src, ArtifactRoots()) is None
-
-
-def _artifact_rows(archive: Path) -> list[tuple[str, str, int, str]]:
-    reader = ArchiveReader(archive)
-    try:
-        return sorted((a.run_id, a.path, a.size, a.sha256) for a in reader.artifacts())
-    finally:
-        reader.close()
-
-
-def test_served_artifacts_through_artifacts_destination(
-    tmp_path: Path, source_server: MlflowServer, unique: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A server's database packed directly: its mlflow-artifacts:/ files are read from the
-    server's --artifacts-destination folder, the same files the server itself hands out."""
-    names = seed_rich(source_server.url, unique)
-    db = f"sqlite:///{source_server.db}"
-    over_http = pack(tmp_path / "http.exim", tracking_uri=source_server.url, experiments=names)
-    with pytest.raises(SourceError) as err:
-        pack(tmp_path / "db.exim", tracking_uri=db, experiments=names)
-    assert "--artifacts-destination" in str(err.value)
-    direct = pack(
-        tmp_path / "db.exim",
-        tracking_uri=db,
-        experiments=names,
-        artifacts_destination=str(source_server.artifacts),
-    )
-    assert direct.counts == over_http.counts and direct.counts["artifacts"] == 4
-    assert _artifact_rows(tmp_path / "db.exim") == _artifact_rows(tmp_path / "http.exim")
-    # the same through MLflow's store (the SQL path turned off), given as a file: URI
-    monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
-    uri = source_server.artifacts.as_uri()
-    again = pack(
-        tmp_path / "db2.exim",
-        tracking_uri=db,
-        experiments=names,
-        artifacts_destination=uri,
-        overwrite=True,
-    )
-    assert again.counts == direct.counts
