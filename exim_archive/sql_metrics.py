@@ -290,12 +290,47 @@ class SqlMetrics:
         keys, steps, stamps, values, nans = _sanitised(points)
         _validate_keys(keys)
         self._check_run(run_id)
-        insert = self._insert_skipping_existing()
-        rows = list(zip([run_id] * len(keys), keys, steps, stamps, values, nans, strict=True))
-        for chunk in _chunks(rows, WRITE_ROWS):
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(insert, list(chunk))
+        if self.dialect == "postgresql":
+            self._insert_arrays(run_id, keys, steps, stamps, values, nans)
+        else:
+            insert = self._insert_skipping_existing()
+            rows = list(zip([run_id] * len(keys), keys, steps, stamps, values, nans, strict=True))
+            for chunk in _chunks(rows, WRITE_ROWS):
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(insert, list(chunk))
         self._raise_latest(run_id, _newest(keys, steps, stamps, values, nans))
+
+    def _insert_arrays(
+        self,
+        run_id: str,
+        keys: list[str],
+        steps: list[int],
+        stamps: list[int],
+        values: list[float],
+        nans: list[bool],
+    ) -> None:
+        """PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays)`` per batch, six array
+        parameters instead of one statement per row (the driver's executemany sends every row
+        as its own statement: ~4x slower)."""
+        q = self.reader.quoted
+        sql = (
+            f"INSERT INTO {q('metrics')} ({q(*_COLUMNS)}) "
+            "SELECT %s, k, s, t, v, n FROM unnest("
+            "%s::text[], %s::bigint[], %s::bigint[], %s::float8[], %s::boolean[]"
+            ") AS u(k, s, t, v, n) ON CONFLICT DO NOTHING"
+        )
+        for start in range(0, len(keys), WRITE_ROWS):
+            end = start + WRITE_ROWS
+            params = (
+                run_id,
+                keys[start:end],
+                steps[start:end],
+                stamps[start:end],
+                values[start:end],
+                nans[start:end],
+            )
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(sql, params)
 
     def _check_run(self, run_id: str) -> None:
         """Refuse, as MLflow does, points for a run that is missing or deleted."""
