@@ -64,6 +64,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "pack http": (AT_LEAST, 5.0),
     "pack sqlite": (AT_LEAST, 30.0),
     "pack postgresql": (AT_LEAST, 30.0),
+    "floor http": (WITHIN, 1.5),
     "floor sqlite": (WITHIN, 3.0),
     "floor postgresql": (WITHIN, 3.0),
     "unpack http": (AT_LEAST, 3.0),
@@ -714,6 +715,16 @@ def sql_floor(ctx: Context, uri: str, label: str) -> tuple[float, dict[str, floa
     return seconds, json.loads(report.read_text())
 
 
+def http_floor(ctx: Context, url: str) -> tuple[float, dict[str, float]]:
+    """Wall time of ``bench/http_floor.py`` (the server's fastest complete read of the same
+    experiments) in its own interpreter, like the CLI timings; plus the inner timings."""
+    report = ctx.work / "floor-http.json"
+    cmd = [sys.executable, str(BENCH_DIR / "http_floor.py"), url, *ctx.wl.experiment_names]
+    cmd += ["--json", str(report)]
+    seconds = ctx.run("fastest complete read (http)", cmd, url, "floor.log")
+    return seconds, json.loads(report.read_text())
+
+
 def metrics_table_bytes(ctx: Context, exim: list[str], archive: Path) -> int:
     proc = subprocess.run(
         [*exim, "inspect", str(archive), "--json"],
@@ -770,10 +781,11 @@ def run_benchmark(ctx: Context) -> Results:
     old_pack_label, old_unpack_label = "old export-experiment, http", "old import-experiment, http"
 
     new: dict[str, float | None] = dict.fromkeys(TARGETS)
-    floors: dict[str, float | None] = {"sqlite": None, "postgresql": None}
+    floors: dict[str, float | None] = {"http": None, "sqlite": None, "postgresql": None}
     if exim:
         archive = work / "bench.exim"
         new["pack http"] = new_pack(ctx, exim, source.uri, archive, "exim pack http")
+        floors["http"], results.floors["http"] = http_floor(ctx, source.uri)
         new["size"] = archive.stat().st_size
         new["bytes/point"] = metrics_table_bytes(ctx, exim, archive) / wl.metric_points
         # the server proxies its artifacts (mlflow-artifacts:/): read from its destination
@@ -820,6 +832,7 @@ def run_benchmark(ctx: Context) -> Results:
         Row("pack http", "s", old_pack_s, new["pack http"], old_pack_label),
         Row("pack sqlite", "s", old_pack_s, new["pack sqlite"], old_pack_label),
         Row("pack postgresql", "s", old_pack_s, new["pack postgresql"], old_pack_label),
+        Row("floor http", "s", floors["http"], new["pack http"], "fastest complete read"),
         Row("floor sqlite", "s", floors["sqlite"], new["pack sqlite"], "SQL read + Parquet"),
         Row(
             "floor postgresql",

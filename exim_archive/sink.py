@@ -303,7 +303,9 @@ class MlflowSink:
             )
 
     def log_artifacts(self, run_id: str, directory: Path) -> None:
-        repo = self._served_repository(run_id, self.artifact_uri(run_id))
+        # a server reaches its own files; a database target may hold served URIs (one look-up)
+        local = uri_kind(self.uri) != "http"
+        repo = self._served_repository(run_id, self.artifact_uri(run_id)) if local else None
         upload = (
             partial(self.client.log_artifacts, run_id, os.fspath(directory))
             if repo is None
