@@ -161,6 +161,7 @@ def pack(
     source: MlflowSource | SqlSource = open_sql_source(uri, roots) or MlflowSource(
         uri, artifact_roots=roots
     )
+    families = not isinstance(source, SqlSource) or source.families_present()
     selected = source.experiments(experiments or None)
     runs = source.runs([e.experiment_id for e in selected])
     writer = ArchiveWriter(
@@ -197,7 +198,7 @@ def pack(
                 shutil.rmtree(downloads / run.run_id, ignore_errors=True)
                 bar.advance()
         bar.close()
-        if not isinstance(source, SqlSource) or source.families_present():
+        if families:
             scope = PackScope(
                 client=source.client,
                 call=source.call,
