@@ -37,8 +37,8 @@ def session() -> requests.Session:
     return s
 
 
-def get(base: str, path: str, **params: Any) -> Any:
-    resp = session().get(base + path, params=params, timeout=120)
+def get(base: str, endpoint: str, **params: Any) -> Any:
+    resp = session().get(base + endpoint, params=params, timeout=120)
     resp.raise_for_status()
     return resp.json()
 
