@@ -10,6 +10,10 @@ reports each one's wall time and peak RSS (``os.wait4``). Not a test.
 
     python bench/memory.py                      # 5,000,000 points: 5 keys x 1,000,000 steps
     python bench/memory.py --points 1000000 --keys 5
+    python bench/memory.py --http               # also pack the run through an mlflow server
+
+``--http`` starts ``mlflow server`` (127.0.0.1, sqlite backend: the seeded store) and adds a
+``pack http`` row: the run read over HTTP, one key at a time in ``get_metric_history`` pages.
 """
 
 from __future__ import annotations
@@ -18,10 +22,16 @@ import argparse
 import logging
 import os
 import shutil
+import signal
+import socket
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +106,41 @@ def seed(db: Path, points: int, keys: int) -> tuple[str, float]:
     return run_id, time.perf_counter() - started
 
 
+@contextmanager
+def server(db: Path, work: Path) -> Iterator[str]:
+    """An ``mlflow server`` on ``db`` (127.0.0.1, a free port), stopped by its process group."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (work / "served").mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += [
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        str(work / "served"),
+    ]
+    with (work / "server.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(
+                        f"mlflow server did not come up; see {work / 'server.log'}"
+                    ) from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def count_points(db: Path) -> int:
     conn = sqlite3.connect(db)
     try:
@@ -111,6 +156,7 @@ def main() -> None:
     parser.add_argument("--limit-mb", type=float, default=500.0, help="peak RSS target (MB)")
     parser.add_argument("--work-dir", help="keep the stores and the archive here")
     parser.add_argument("--exim", default=f"{sys.executable} -m exim_archive")
+    parser.add_argument("--http", action="store_true", help="also pack through an mlflow server")
     args = parser.parse_args()
     os.environ.update(QUIET_ENV)
     exim = args.exim.split()
@@ -135,15 +181,23 @@ def main() -> None:
         unpack_s, unpack_mb = timed(
             [*exim, "unpack", str(archive), "--tracking-uri", f"sqlite:///{dst}"], work / "dst"
         )
+        rows = [("pack", pack_s, pack_mb), ("unpack", unpack_s, unpack_mb)]
+        if args.http:
+            with server(src, work) as url:
+                http_s, http_mb = timed(
+                    [*exim, "pack", str(work / "http.exim"), "--tracking-uri", url], work
+                )
+            rows.append(("pack http", http_s, http_mb))
         landed = count_points(dst)
         print(f"\narchive: {archive.stat().st_size:,} bytes; points in target: {landed:,}")
         if landed != points:
             print(f"WARNING: target holds {landed:,} points, source {points:,}")
-        print(f"\n{'step':<8}{'seconds':>9}{'peak RSS MB':>13}{'target':>10}  result")
-        for name, secs, mb in (("pack", pack_s, pack_mb), ("unpack", unpack_s, unpack_mb)):
+        print(f"\n{'step':<10}{'seconds':>9}{'peak RSS MB':>13}{'target':>10}  result")
+        for name, secs, mb in rows:
             verdict = "PASS" if mb < args.limit_mb else "FAIL"
             print(
-                f"{name:<8}{secs:>9.1f}{mb:>13.0f}{'<' + format(args.limit_mb, 'g'):>10}  {verdict}"
+                f"{name:<10}{secs:>9.1f}{mb:>13.0f}{'<' + format(args.limit_mb, 'g'):>10}  "
+                f"{verdict}"
             )
     finally:
         if not args.work_dir:

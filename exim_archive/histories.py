@@ -10,6 +10,11 @@ Four ways in, best first:
   run's latest step so they stay under that, and a reply that reaches it is thrown away and read
   again per run;
 * anything else, or after a bulk failure: ``get_metric_history`` per run and key (paged by MLflow).
+
+A run whose histories look longer than :data:`LONG_RUN_POINTS` (by its latest steps) is read
+lazily, one key at a time, in pages of :data:`HISTORY_PAGE` points (``get_metric_history`` with
+``max_results`` and ``page_token``, which the server and MLflow's stores page by offset): memory
+then holds one key's history as Arrow columns and one page as Python objects, never the run's.
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ import pyarrow as pa
 from . import tables as T
 from .pool import ordered_map
 from .records import RunRecord
-from .sql_metrics import SqlMetrics, open_fast_path
+from .sql_metrics import LONG_RUN_POINTS, SqlMetrics, open_fast_path, size_hint
 
 if TYPE_CHECKING:
     from .source import MlflowSource
 
-__all__ = ["BULK_ROW_CAP", "HistoryReader"]
+__all__ = ["BULK_ROW_CAP", "HISTORY_PAGE", "LONG_RUN_POINTS", "HistoryReader"]
 
 BULK_ROW_CAP = 25_000
 BULK_MAX_RUNS = 100
 _BULK_TARGET_ROWS = 20_000
 _BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+HISTORY_PAGE = 100_000
+"""Points per ``get_metric_history`` page when a long run is read key by key."""
 
 Point = tuple[int, int, float]
 
@@ -64,12 +71,41 @@ class HistoryReader:
             return self.source.call(
                 f"reading the metric points of {len(runs)} runs", partial(self._sql.read, runs)
             )
+        long = {r.run_id for r in runs if size_hint(r) > LONG_RUN_POINTS}
+        short = [r for r in runs if r.run_id not in long]
         points: dict[tuple[str, str], list[Point]] = {}
-        tasks = list(self._tasks(runs))
+        tasks = list(self._tasks(short))
         for key, batch, got in ordered_map(self._fetch, tasks, self.workers):
             for run in batch:
                 points[(run.run_id, key)] = got.get(run.run_id, [])
-        return {run.run_id: _table(run, points) for run in runs}
+        return {
+            run.run_id: self._by_key(run) if run.run_id in long else _table(run, points)
+            for run in runs
+        }
+
+    def _by_key(self, run: RunRecord) -> Iterator[pa.Table]:
+        """A long run's points, one table per key in key (UTF-8 byte) order, read as the
+        writer asks for them."""
+        store = self.source.client._tracking_client.store
+        for key in sorted(run.metric_keys, key=lambda k: k.encode("utf-8")):
+            parts: list[pa.Table] = []
+            token: str | None = None
+            while True:
+                page = self.source.call(
+                    f"reading metric {key!r} of run {run.run_id}",
+                    partial(
+                        store.get_metric_history,
+                        run.run_id,
+                        key,
+                        max_results=HISTORY_PAGE,
+                        page_token=token,
+                    ),
+                )
+                parts.append(_page_table(run.run_id, key, page))
+                token = getattr(page, "token", None)
+                if not token:
+                    break
+            yield pa.concat_tables(parts)
 
     def counts(self, runs: list[RunRecord]) -> dict[str, dict[str, int]]:
         """Stored points per run and key: one grouped count on a database, the histories
@@ -175,6 +211,24 @@ class HistoryReader:
             partial(self.source.client.get_metric_history, run_id, key),
         )
         return [(int(m.step), int(m.timestamp), float(m.value)) for m in history]
+
+
+def _page_table(run_id: str, key: str, page: Iterable[Any]) -> pa.Table:
+    steps, stamps, values = [], [], []
+    for m in page:
+        steps.append(int(m.step))
+        stamps.append(int(m.timestamp))
+        values.append(float(m.value))
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * len(steps), pa.string()),
+            "key": pa.array([key] * len(steps), pa.string()),
+            "step": pa.array(steps, pa.int64()),
+            "timestamp": pa.array(stamps, pa.int64()),
+            "value": pa.array(values, pa.float64()),
+        },
+        schema=T.METRICS.schema,
+    )
 
 
 def _table(run: RunRecord, points: dict[tuple[str, str], list[Point]]) -> pa.Table:

@@ -27,6 +27,7 @@ from .pool import ordered_map
 from .progress import Progress
 from .records import RunRecord
 from .source import MlflowSource
+from .sql_metrics import size_hint
 from .sql_source import SqlSource, open_sql_source
 from .uri import resolve_tracking_uri
 
@@ -78,7 +79,7 @@ def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
     chunk: list[RunRecord] = []
     points = 0
     for run in runs:
-        size = sum(max(1, s + 1) for s in run.metric_last_steps)
+        size = size_hint(run)
         if chunk and (len(chunk) >= CHUNK_RUNS or points + size > CHUNK_POINTS):
             yield chunk
             chunk, points = [], 0

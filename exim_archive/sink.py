@@ -319,7 +319,12 @@ class MlflowSink:
         the files itself."""
         if uri_kind(self.uri) == "http" or not (artifact_uri or "").startswith(PROXIED):
             return None
-        assert artifact_uri is not None
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        return get_artifact_repository(self._resolved(run_id, artifact_uri or ""))
+
+    def _resolved(self, run_id: str, artifact_uri: str) -> str:
+        """Where a database target's run keeps its files (a served URI through the destination)."""
         resolved = self.artifact_roots.resolve(artifact_uri)
         if resolved is None:
             raise TargetError(
@@ -328,9 +333,7 @@ class MlflowSink:
                 hint="give that server's --artifacts-destination as --artifacts-destination, "
                 "or unpack through the server's http:// URI",
             )
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        return get_artifact_repository(resolved)
+        return resolved
 
     def finish_run(self, run_id: str, run: RunRecord) -> None:
         """Set status and end time as the source had them, then drop the incomplete marker."""
@@ -382,20 +385,22 @@ class MlflowSink:
     def files(self, run_id: str, artifact_uri: str | None = None) -> dict[str, int]:
         """Every artifact file of the run with its size.
 
-        Given the run's ``artifact_uri`` on a database or file target, the folders are listed
-        through the artifact repository directly: MLflow's ``list_artifacts(run_id)`` reads the
-        whole run from the store again for every folder."""
-        served = self._served_repository(run_id, artifact_uri)
-        if served is not None:
-            return self._files(run_id, None, served.list_artifacts)
-        if artifact_uri and uri_kind(self.uri) != "http" and "://" in artifact_uri:
-            from mlflow.store.artifact.artifact_repository_registry import (
-                get_artifact_repository,
-            )
+        Given the run's ``artifact_uri`` on a database or file target, a local folder is walked
+        directly and other storage listed through its artifact repository: MLflow's
+        ``list_artifacts(run_id)`` reads the whole run from the store again for every folder."""
+        if not artifact_uri or uri_kind(self.uri) == "http":
+            return self._files(run_id, None, partial(self.client.list_artifacts, run_id))
+        where = self._resolved(run_id, artifact_uri)
+        folder = ArtifactRoots.local_folder(where)
+        if folder is not None:
+            return {
+                p.relative_to(folder).as_posix(): p.stat().st_size
+                for p in sorted(folder.rglob("*"))
+                if p.is_file()
+            }
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-            repo = get_artifact_repository(artifact_uri)
-            return self._files(run_id, None, repo.list_artifacts)
-        return self._files(run_id, None, partial(self.client.list_artifacts, run_id))
+        return self._files(run_id, None, get_artifact_repository(where).list_artifacts)
 
     def _files(
         self, run_id: str, path: str | None, list_folder: Callable[[str | None], Any]

@@ -57,6 +57,7 @@ __all__ = [
     "PointReader",
     "SqlMetrics",
     "open_fast_path",
+    "size_hint",
 ]
 
 TESTED_REVISIONS = frozenset({"dc11669786a5"})
@@ -181,7 +182,7 @@ class PointReader:
         comes as a lazy sequence of one table per key instead, read when the writer gets to
         it: memory then holds one key's history, not the run's."""
         out: dict[str, pa.Table | Iterator[pa.Table]] = {}
-        short = [r for r in runs if _size_hint(r) <= LONG_RUN_POINTS]
+        short = [r for r in runs if size_hint(r) <= LONG_RUN_POINTS]
         for batch in _chunks(short, READ_RUNS):
             out.update(_split(self._select([r.run_id for r in batch]), batch))
         for run in runs:
@@ -423,7 +424,7 @@ _POINTS = T.METRICS.schema.set(0, pa.field("run_id", RUN_ID_DICT, nullable=False
 dictionary-encoded (the bundle writer writes them as plain strings)."""
 
 
-def _size_hint(run: RunRecord) -> int:
+def size_hint(run: RunRecord) -> int:
     """Points the run's histories hold if steps count up from 0 (its latest step per key)."""
     return sum(max(1, step + 1) for step in run.metric_last_steps)
 

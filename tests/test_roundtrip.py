@@ -244,10 +244,17 @@ def test_verify_against_finds_what_the_target_lost(
     with sqlite3.connect(tmp_path / "dst.db") as con:
         con.execute("delete from metrics where key = 'loss' and step < 3")
         con.execute("delete from params where key = 'p007'")
+    # the target's files sit in ./mlruns (the store's default root), walked directly
+    [lost] = (tmp_path / "mlruns").rglob("random.bin")
+    lost.unlink()
+    [cut] = (tmp_path / "mlruns").rglob("model.txt")
+    cut.write_text("shorter")
     assert main(["verify", archive, "--against", dst]) == 3
     out = capsys.readouterr().out
     assert "metric 'loss' has 297 points in the target, 300 here" in out
     assert "param 'p007' is missing or differs" in out
+    assert "artifact 'random.bin' is missing or has another size" in out
+    assert "artifact 'deep/er/est/model.txt' is missing or has another size" in out
 
 
 @pytest.mark.server
