@@ -81,7 +81,7 @@ def proof_parts(uri: str) -> dict[str, float]:
         reader.read(runs[start : start + 200])
     parts[f"histories ({reader.bulk_calls} bulk calls)"] = time.perf_counter() - started
     started = time.perf_counter()
-    for _ in ordered_map(lambda r: sink.files(r.run_id), runs, UNPACK_WORKERS):
+    for _ in ordered_map(lambda r: sink.files(r.run_id, r.artifact_uri), runs, UNPACK_WORKERS):
         pass
     parts[f"artifact listings ({len(runs)} runs)"] = time.perf_counter() - started
     return parts

@@ -385,11 +385,17 @@ class MlflowSink:
     def files(self, run_id: str, artifact_uri: str | None = None) -> dict[str, int]:
         """Every artifact file of the run with its size.
 
-        Given the run's ``artifact_uri`` on a database or file target, a local folder is walked
-        directly and other storage listed through its artifact repository: MLflow's
-        ``list_artifacts(run_id)`` reads the whole run from the store again for every folder."""
-        if not artifact_uri or uri_kind(self.uri) == "http":
+        Given the run's ``artifact_uri``, a local folder is walked directly and other storage
+        (a server's ``mlflow-artifacts:`` included) listed through the run's own artifact
+        repository, one call per folder: MLflow's ``list_artifacts(run_id)`` fetches the run
+        again and searches its logged models for every folder."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        if not artifact_uri:
             return self._files(run_id, None, partial(self.client.list_artifacts, run_id))
+        if uri_kind(self.uri) == "http":
+            repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+            return self._files(run_id, None, repo.list_artifacts)
         where = self._resolved(run_id, artifact_uri)
         folder = ArtifactRoots.local_folder(where)
         if folder is not None:
@@ -398,8 +404,6 @@ class MlflowSink:
                 for p in sorted(folder.rglob("*"))
                 if p.is_file()
             }
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
         return self._files(run_id, None, get_artifact_repository(where).list_artifacts)
 
     def _files(

@@ -103,7 +103,7 @@ def test_target_killed_mid_unpack_then_restarted(
 ) -> None:
     runs = 12
     src = new_sqlite("src")
-    seed_bulk(src, "bulk", runs=runs, points=2000, artifact_root=tmp_path / "art")
+    seed_bulk(src, "bulk", runs=runs, points=5000, artifact_root=tmp_path / "art")
     archive = tmp_path / "a.exim"
     pack(archive, tracking_uri=src)
     target = fresh_server.url
