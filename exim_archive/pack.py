@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -162,70 +163,67 @@ def pack(
     source: MlflowSource | SqlSource = open_sql_source(uri, roots) or MlflowSource(
         uri, artifact_roots=roots
     )
-    families = not isinstance(source, SqlSource) or source.families_present()
-    selected = source.experiments(experiments or None)
-    runs = source.runs([e.experiment_id for e in selected])
-    writer = ArchiveWriter(
-        archive,
-        created_at=_created_at(),
-        producer=_producer(),
-        source=source.describe(),
-        selection={
-            "experiments": list(experiments) if experiments else None,
-            "experiment_ids": [e.experiment_id for e in selected],
-            "artifacts": artifacts,
-            "families": [f for f in FAMILIES if f not in leave_out],
-        },
-        overwrite=overwrite,
-    )
-    try:
-        for exp in selected:
-            writer.add_experiment(exp)
-        downloads = (
-            Path(str(writer.destination.parent)) / f".{writer.destination.name}.dl-{os.getpid()}"
+    with closing(source):  # a database connection of its own (SqlSource)
+        families = not isinstance(source, SqlSource) or source.families_present()
+        selected = source.experiments(experiments or None)
+        runs = source.runs([e.experiment_id for e in selected])
+        writer = ArchiveWriter(
+            archive,
+            created_at=_created_at(),
+            producer=_producer(),
+            source=source.describe(),
+            selection={
+                "experiments": list(experiments) if experiments else None,
+                "experiment_ids": [e.experiment_id for e in selected],
+                "artifacts": artifacts,
+                "families": [f for f in FAMILIES if f not in leave_out],
+            },
+            overwrite=overwrite,
         )
-        bar = Progress("pack", len(runs), enabled=progress)
+        destination = writer.destination
+        downloads = Path(str(destination.parent)) / f".{destination.name}.dl-{os.getpid()}"
+        try:
+            for exp in selected:
+                writer.add_experiment(exp)
+            bar = Progress("pack", len(runs), enabled=progress)
 
-        def fetch(run: RunRecord) -> tuple[RunRecord, list[tuple[str, Path]]]:
-            files = source.download_artifacts(run, downloads / run.run_id) if artifacts else []
-            return run, files
+            def fetch(run: RunRecord) -> tuple[RunRecord, list[tuple[str, Path]]]:
+                files = source.download_artifacts(run, downloads / run.run_id) if artifacts else []
+                return run, files
 
-        for chunk in _chunks(runs):
-            histories = source.metric_histories(chunk, workers)
-            for run, files in ordered_map(fetch, chunk, workers):
-                writer.add_run(run, histories.pop(run.run_id))
-                for path, local in files:
-                    writer.add_artifact(run.run_id, path, local)
-                shutil.rmtree(downloads / run.run_id, ignore_errors=True)
-                bar.advance()
-        bar.close()
-        if families:
-            scope = PackScope(
-                client=source.client,
-                call=source.call,
-                tracking_uri=source.uri,
-                experiment_ids=[e.experiment_id for e in selected],
-                run_ids=frozenset(r.run_id for r in runs),
-                everything=not experiments,
-                notes=source.notes,
-                workers=workers,
-            )
-            _pack_families(scope, writer, leave_out, downloads if artifacts else None)
-        shutil.rmtree(downloads, ignore_errors=True)
-        manifest, digest = writer.finish()
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(
-            Path(str(writer.destination.parent)) / f".{writer.destination.name}.dl-{os.getpid()}",
-            ignore_errors=True,
+            for chunk in _chunks(runs):
+                histories = source.metric_histories(chunk, workers)
+                for run, files in ordered_map(fetch, chunk, workers):
+                    writer.add_run(run, histories.pop(run.run_id))
+                    for path, local in files:
+                        writer.add_artifact(run.run_id, path, local)
+                    shutil.rmtree(downloads / run.run_id, ignore_errors=True)
+                    bar.advance()
+            bar.close()
+            if families:
+                scope = PackScope(
+                    client=source.client,
+                    call=source.call,
+                    tracking_uri=source.uri,
+                    experiment_ids=[e.experiment_id for e in selected],
+                    run_ids=frozenset(r.run_id for r in runs),
+                    everything=not experiments,
+                    notes=source.notes,
+                    workers=workers,
+                )
+                _pack_families(scope, writer, leave_out, downloads if artifacts else None)
+            shutil.rmtree(downloads, ignore_errors=True)
+            manifest, digest = writer.finish()
+        except BaseException:
+            writer.abort()
+            shutil.rmtree(downloads, ignore_errors=True)
+            raise
+        return PackReport(
+            archive=str(writer.destination),
+            digest=digest,
+            counts=dict(manifest.counts),
+            bytes=writer.destination.stat().st_size,
+            seconds=time.perf_counter() - started,
+            retries=source.call.retries,
+            warnings=list(source.notes),
         )
-        raise
-    return PackReport(
-        archive=str(writer.destination),
-        digest=digest,
-        counts=dict(manifest.counts),
-        bytes=writer.destination.stat().st_size,
-        seconds=time.perf_counter() - started,
-        retries=source.call.retries,
-        warnings=list(source.notes),
-    )

@@ -253,6 +253,9 @@ class MlflowSource:
         ]
         return sorted(files)
 
+    def close(self) -> None:
+        """Nothing to release: MLflow's client holds no connection of ours."""
+
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the source: never a credential."""
         import mlflow
