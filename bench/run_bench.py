@@ -879,6 +879,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-exim", action="store_true", help="measure the old tool only")
     p.add_argument("--skip-postgres", action="store_true", help="leave out the PostgreSQL rows")
     p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="then print the scaling table (bench/scaling.py: time and peak RSS at 1x, 4x, 16x)",
+    )
+    p.add_argument(
         "--pg-admin-uri",
         default=DEFAULT_PG_ADMIN,
         help="PostgreSQL URI allowed to CREATE/DROP DATABASE (default: %(default)s)",
@@ -938,6 +943,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"results written to {args.json}")
     if not args.work_dir:
         shutil.rmtree(ctx.work, ignore_errors=True)
+    if args.scaling:
+        log("scaling table (bench/scaling.py)")
+        subprocess.run([sys.executable, str(BENCH_DIR / "scaling.py")], check=True)
     return 0
 
 
