@@ -17,15 +17,20 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from .errors import SourceError
+from .errors import ArchiveError, SourceError
 
 if TYPE_CHECKING:
     from .records import RunRecord
 
-__all__ = ["PROXIED", "ArtifactRoots"]
+__all__ = ["PROXIED", "ArtifactRoots", "files_under"]
 
 PROXIED = "mlflow-artifacts:"
 """The scheme of artifact URIs a tracking server serves itself."""
+
+
+def files_under(folder: Path) -> list[tuple[str, Path]]:
+    """(path relative to ``folder``, file) of every file below ``folder``, sorted by path."""
+    return sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
 
 
 class ArtifactRoots:
@@ -46,6 +51,21 @@ class ArtifactRoots:
         path = urlsplit(uri).path.strip("/")
         return f"{self.destination}/{path}" if path else self.destination
 
+    def located(
+        self, run_id: str, uri: str, *, error: type[ArchiveError], where: str, other_ways: str
+    ) -> str:
+        """:meth:`resolve`, or (a served URI and no destination) ``error`` naming the flag and
+        ``other_ways`` out."""
+        resolved = self.resolve(uri)
+        if resolved is None:
+            raise error(
+                f"run {run_id} keeps its artifacts behind a tracking server ({uri})",
+                where=where,
+                hint=f"give that server's --artifacts-destination as --artifacts-destination, "
+                f"{other_ways}",
+            )
+        return resolved
+
     @staticmethod
     def local_folder(uri: str) -> Path | None:
         """The folder a plain path or ``file:`` URI names; None for any other scheme."""
@@ -63,21 +83,16 @@ class ArtifactRoots:
         uri = run.artifact_uri or ""
         if not uri:
             return []
-        resolved = self.resolve(uri)
-        if resolved is None:
-            raise SourceError(
-                f"run {run.run_id} keeps its artifacts behind a tracking server ({uri})",
-                where=source.safe_uri,
-                hint="give the server's --artifacts-destination as --artifacts-destination, "
-                "pack through the server's http:// URI, or use --no-artifacts",
-            )
+        resolved = self.located(
+            run.run_id,
+            uri,
+            error=SourceError,
+            where=source.safe_uri,
+            other_ways="pack through the server's http:// URI, or use --no-artifacts",
+        )
         folder = self.local_folder(resolved)
         if folder is not None:
-            if not folder.is_dir():
-                return []
-            return sorted(
-                (p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file()
-            )
+            return files_under(folder) if folder.is_dir() else []
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         repo = get_artifact_repository(resolved)
@@ -90,5 +105,6 @@ class ArtifactRoots:
             scratch.mkdir(parents=True)
             return Path(repo.download_artifacts("", dst_path=os.fspath(scratch)))
 
-        root = source.call(f"downloading artifacts of run {run.run_id} ({uri})", download)
-        return sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+        return files_under(
+            source.call(f"downloading artifacts of run {run.run_id} ({uri})", download)
+        )

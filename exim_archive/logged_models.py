@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .artifact_roots import files_under
 from .families import PackScope, Rows, UnpackScope, compact_json, iter_pages
 from .lineage import INCOMPLETE_TAG, PREFIX, object_source_tags
 from .records import ArtifactRecord
@@ -161,9 +162,8 @@ def download_model_artifacts(
             )
         )
 
-    root = scope.call(f"downloading files of logged model {model['model_id']}", download)
-    return sorted(
-        (p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()
+    return files_under(
+        scope.call(f"downloading files of logged model {model['model_id']}", download)
     )
 
 

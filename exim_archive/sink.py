@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .artifact_roots import PROXIED, ArtifactRoots
+from .artifact_roots import PROXIED, ArtifactRoots, files_under
 from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from .mlflow_errors import Caller, open_client
@@ -303,37 +303,27 @@ class MlflowSink:
             )
 
     def log_artifacts(self, run_id: str, directory: Path) -> None:
-        # a server reaches its own files; a database target may hold served URIs (one look-up)
-        local = uri_kind(self.uri) != "http"
-        repo = self._served_repository(run_id, self.artifact_uri(run_id)) if local else None
-        upload = (
-            partial(self.client.log_artifacts, run_id, os.fspath(directory))
-            if repo is None
-            else partial(repo.log_artifacts, os.fspath(directory))
-        )
+        upload = partial(self.client.log_artifacts, run_id, os.fspath(directory))
+        if uri_kind(self.uri) != "http":  # a database target may hold served URIs (one look-up)
+            uri = self.artifact_uri(run_id) or ""
+            if uri.startswith(PROXIED):  # MLflow cannot reach them: through the destination
+                from mlflow.store.artifact.artifact_repository_registry import (
+                    get_artifact_repository,
+                )
+
+                repo = get_artifact_repository(self._resolved(run_id, uri))
+                upload = partial(repo.log_artifacts, os.fspath(directory))
         self.call(f"uploading artifacts of run {run_id}", upload)
-
-    def _served_repository(self, run_id: str, artifact_uri: str | None) -> Any:
-        """The artifact repository of a run whose files a server serves (``mlflow-artifacts:``)
-        on a database target, through the destination; None where MLflow's client reaches
-        the files itself."""
-        if uri_kind(self.uri) == "http" or not (artifact_uri or "").startswith(PROXIED):
-            return None
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        return get_artifact_repository(self._resolved(run_id, artifact_uri or ""))
 
     def _resolved(self, run_id: str, artifact_uri: str) -> str:
         """Where a database target's run keeps its files (a served URI through the destination)."""
-        resolved = self.artifact_roots.resolve(artifact_uri)
-        if resolved is None:
-            raise TargetError(
-                f"run {run_id} keeps its artifacts behind a tracking server ({artifact_uri})",
-                where=self.safe_uri,
-                hint="give that server's --artifacts-destination as --artifacts-destination, "
-                "or unpack through the server's http:// URI",
-            )
-        return resolved
+        return self.artifact_roots.located(
+            run_id,
+            artifact_uri,
+            error=TargetError,
+            where=self.safe_uri,
+            other_ways="or unpack through the server's http:// URI",
+        )
 
     def finish_run(self, run_id: str, run: RunRecord) -> None:
         """Set status and end time as the source had them, then drop the incomplete marker."""
@@ -399,11 +389,7 @@ class MlflowSink:
         where = self._resolved(run_id, artifact_uri)
         folder = ArtifactRoots.local_folder(where)
         if folder is not None:
-            return {
-                p.relative_to(folder).as_posix(): p.stat().st_size
-                for p in sorted(folder.rglob("*"))
-                if p.is_file()
-            }
+            return {path: local.stat().st_size for path, local in files_under(folder)}
         return self._files(run_id, None, get_artifact_repository(where).list_artifacts)
 
     def _files(

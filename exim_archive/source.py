@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.json_format import MessageToDict
 
-from .artifact_roots import PROXIED, ArtifactRoots
+from .artifact_roots import PROXIED, ArtifactRoots, files_under
 from .errors import ArchiveError, SourceError
 from .histories import HistoryReader
 from .manifest import canonical_json
@@ -247,11 +247,9 @@ class MlflowSource:
             destination.mkdir(parents=True)
             return Path(self.client.download_artifacts(run.run_id, "", str(destination)))
 
-        root = self.call(f"downloading artifacts of run {run.run_id} ({uri})", download)
-        files = [
-            (p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()
-        ]
-        return sorted(files)
+        return files_under(
+            self.call(f"downloading artifacts of run {run.run_id} ({uri})", download)
+        )
 
     def close(self) -> None:
         """Nothing to release: MLflow's client holds no connection of ours."""
