@@ -65,7 +65,7 @@ class HistoryReader:
             self._sql, self.note = open_fast_path(store, source.uri)
 
     def read(self, runs: list[RunRecord]) -> dict[str, pa.Table | Iterator[pa.Table]]:
-        """Each run's points: a table, or (a long run read by SQL) one table per key, lazily."""
+        """Each run's points: a table, or (a long run) one table per key, lazily."""
         if self._sql is not None:
             self.sql_reads += 1
             return self.source.call(
@@ -219,16 +219,7 @@ def _page_table(run_id: str, key: str, page: Iterable[Any]) -> pa.Table:
         steps.append(int(m.step))
         stamps.append(int(m.timestamp))
         values.append(float(m.value))
-    return pa.table(
-        {
-            "run_id": pa.array([run_id] * len(steps), pa.string()),
-            "key": pa.array([key] * len(steps), pa.string()),
-            "step": pa.array(steps, pa.int64()),
-            "timestamp": pa.array(stamps, pa.int64()),
-            "value": pa.array(values, pa.float64()),
-        },
-        schema=T.METRICS.schema,
-    )
+    return _points_table(run_id, [key] * len(steps), steps, stamps, values)
 
 
 def _table(run: RunRecord, points: dict[tuple[str, str], list[Point]]) -> pa.Table:
@@ -242,9 +233,16 @@ def _table(run: RunRecord, points: dict[tuple[str, str], list[Point]]) -> pa.Tab
             steps.append(step)
             stamps.append(stamp)
             values.append(value)
+    return _points_table(run.run_id, keys, steps, stamps, values)
+
+
+def _points_table(
+    run_id: str, keys: list[str], steps: list[int], stamps: list[int], values: list[float]
+) -> pa.Table:
+    """One run's points as a ``metrics`` table."""
     return pa.table(
         {
-            "run_id": pa.array([run.run_id] * len(keys), pa.string()),
+            "run_id": pa.array([run_id] * len(keys), pa.string()),
             "key": pa.array(keys, pa.string()),
             "step": pa.array(steps, pa.int64()),
             "timestamp": pa.array(stamps, pa.int64()),
