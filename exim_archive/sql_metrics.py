@@ -56,7 +56,9 @@ __all__ = [
     "LazyFastPath",
     "PointReader",
     "SqlMetrics",
+    "disabled",
     "open_fast_path",
+    "revisions_tested",
     "size_hint",
 ]
 
@@ -82,7 +84,13 @@ _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
 
 
-def _disabled() -> bool:
+def revisions_tested(found: set[str]) -> bool:
+    """Whether a database's ``alembic_version`` rows are all revisions this package was tested
+    on (none found: not an MLflow database, or not readable)."""
+    return bool(found) and found <= TESTED_REVISIONS
+
+
+def disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -112,7 +120,7 @@ def open_fast_path(store: Any, uri: str) -> tuple[SqlMetrics | None, str | None]
     """
     import sqlalchemy as sa
 
-    if _disabled() or uri_kind(uri) != "database":
+    if disabled() or uri_kind(uri) != "database":
         return None, None
     engine = getattr(store, "engine", None)
     if not isinstance(engine, sa.Engine):
@@ -125,7 +133,7 @@ def open_fast_path(store: Any, uri: str) -> tuple[SqlMetrics | None, str | None]
     except sa.exc.SQLAlchemyError as exc:
         text = f"schema revision unreadable ({type(exc).__name__}); using MLflow's API (slower)"
         return None, _note(uri, text)
-    if not found or not found <= TESTED_REVISIONS:
+    if not revisions_tested(found):
         shown = ", ".join(sorted(found)) or "none"
         return None, _note(uri, f"schema revision {shown} not tested; using MLflow's API (slower)")
     return SqlMetrics(engine), None

@@ -35,7 +35,7 @@ from .errors import SourceError
 from .manifest import canonical_json
 from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
-from .sql_metrics import TESTED_REVISIONS, PointReader, _disabled
+from .sql_metrics import PointReader, disabled, revisions_tested
 from .uri import redact_uri
 
 __all__ = ["DRIVERS", "SqlSource", "open_sql_source"]
@@ -123,7 +123,7 @@ def _connect(uri: str) -> _Database | None:
 def open_sql_source(uri: str, artifact_roots: ArtifactRoots) -> SqlSource | None:
     """A :class:`SqlSource` for ``uri`` if this module applies to it (see the module's
     docstring), else None: the caller then reads through MLflow."""
-    if _disabled():
+    if disabled():
         return None
     try:
         db = _connect(uri)
@@ -137,7 +137,7 @@ def open_sql_source(uri: str, artifact_roots: ArtifactRoots) -> SqlSource | None
     except Exception:
         db.close()
         return None
-    if not revisions or not revisions <= TESTED_REVISIONS or len(workspaces) > 1:
+    if not revisions_tested(revisions) or len(workspaces) > 1:
         db.close()
         return None
     return SqlSource(uri, db, artifact_roots)
