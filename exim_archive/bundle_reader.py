@@ -19,6 +19,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from .manifest import (
 )
 from .records import ArtifactRecord, DatasetInputRecord, ExperimentRecord, RunRecord
 
-__all__ = ["ArchiveReader", "artifact_path_problem", "schema_problem"]
+__all__ = ["HELD_RUN_ROWS", "ArchiveReader", "RunPoints", "artifact_path_problem", "schema_problem"]
 
 _PARQUET_ERRORS = (
     pa.ArrowException,
@@ -79,6 +80,68 @@ def artifact_path_problem(path: str) -> str | None:
         if len(part.encode("utf-8", "surrogatepass")) > 255:
             return "has a component longer than 255 bytes"
     return None
+
+
+HELD_RUN_ROWS = 200_000
+"""A run with more metric points than this is handed to unpack as row group references."""
+
+
+@dataclass(frozen=True)
+class _Segment:
+    member: str
+    group: int
+    offset: int
+    length: int
+
+
+def _points_only(table: pa.Table) -> pa.Table:
+    """The ``metrics`` columns but ``run_id``, with ``key`` dictionary-encoded: 28 bytes a
+    point rather than ~70."""
+    table = table.drop_columns(["run_id"])
+    return table.set_column(0, "key", pc.dictionary_encode(table.column("key")))
+
+
+class RunPoints:
+    """One run's metric points: the ``metrics`` columns but ``run_id`` (``key``
+    dictionary-encoded), held decoded or as references to the row groups that hold them."""
+
+    def __init__(
+        self,
+        num_rows: int,
+        *,
+        table: pa.Table | None = None,
+        parts: tuple[ArchiveReader, tuple[_Segment, ...]] | None = None,
+    ) -> None:
+        self.num_rows = num_rows
+        self._table = table
+        self._parts = parts
+
+    def slices(self, rows: int) -> Iterator[pa.Table]:
+        """The points in archive order, as tables of ``rows`` points (the last may be shorter);
+        a referenced run decodes one row group at a time."""
+        if self._table is not None:
+            for offset in range(0, self._table.num_rows, rows):
+                yield self._table.slice(offset, rows)
+            return
+        assert self._parts is not None
+        reader, segments = self._parts
+        pending: list[pa.Table] = []
+        held = 0
+        opened: dict[str, pq.ParquetFile] = {}
+        for s in segments:
+            if s.member not in opened:
+                opened.clear()
+                opened[s.member] = reader.parquet_file(T.METRICS, s.member)
+            group = reader.metric_group(s.member, opened[s.member], s.group)
+            pending.append(_points_only(group.slice(s.offset, s.length)))
+            held += s.length
+            while held >= rows:
+                merged = pa.concat_tables(pending)
+                yield merged.slice(0, rows)
+                rest = merged.slice(rows)
+                pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+        if held:
+            yield pa.concat_tables(pending)
 
 
 class ArchiveReader:
@@ -228,43 +291,77 @@ class ArchiveReader:
         for member in self.table_members(T.METRICS.name):
             pf = self.parquet_file(T.METRICS, member)
             for i in range(pf.num_row_groups):
+                yield from self.metric_group(member, pf, i).to_batches()
+
+    def metric_group(self, member: str, pf: pq.ParquetFile, i: int) -> pa.Table:
+        """Row group ``i`` of a metrics member, checked and cast to the table's schema."""
+        try:
+            group = pf.read_row_group(i)
+            group.validate(full=True)
+            return group.cast(T.METRICS.schema)
+        except _PARQUET_ERRORS as exc:
+            raise ArchiveFormatError(
+                f"row group {i} cannot be decoded ({_reason(exc)})",
+                where=self.container.where(member),
+            ) from None
+
+    def _metric_segments(self) -> Iterator[tuple[str, _Segment]]:
+        """``(run_id, segment)`` for each stretch of one run's rows in a row group, in archive
+        order: only the ``run_id`` column is decoded."""
+        for member in self.table_members(T.METRICS.name):
+            pf = self.parquet_file(T.METRICS, member)
+            for i in range(pf.num_row_groups):
                 try:
-                    group = pf.read_row_group(i)
-                    group.validate(full=True)
-                    batches = group.cast(T.METRICS.schema).to_batches()
+                    column = pf.read_row_group(i, columns=["run_id"]).column(0)
+                    column.validate(full=True)
+                    runs = pc.run_end_encode(column.cast(pa.string()).combine_chunks())
+                    ends = runs.run_ends.to_pylist()
+                    ids = runs.values.to_pylist()
                 except _PARQUET_ERRORS as exc:
                     raise ArchiveFormatError(
                         f"row group {i} cannot be decoded ({_reason(exc)})",
                         where=self.container.where(member),
                     ) from None
-                yield from batches
+                start = 0
+                for run_id, end in zip(ids, ends, strict=True):
+                    yield run_id, _Segment(member, i, start, end - start)
+                    start = end
 
-    def iter_run_metrics(self) -> Iterator[tuple[str, pa.Table]]:
-        """``(run_id, points)`` for each run with metrics, in archive (run_id) order. The
-        points are the ``metrics`` columns but ``run_id`` (the run's id is the pair's first
-        item), with ``key`` dictionary-encoded: a long history held whole costs 28 bytes a
-        point rather than ~70."""
+    def iter_run_metrics(self) -> Iterator[tuple[str, RunPoints]]:
+        """``(run_id, points)`` for each run with metrics, in archive (run_id) order.
+
+        A run of at most :data:`HELD_RUN_ROWS` points comes decoded; a longer one as row group
+        references that :meth:`RunPoints.slices` decodes one group at a time, on whichever
+        thread asks, so a history of millions of points is never held whole."""
         current: str | None = None
-        pending: list[pa.Table] = []
-        for batch in self.iter_metric_batches():
-            table = pa.Table.from_batches([batch])
-            run_ids = table.column("run_id")
-            table = table.drop_columns(["run_id"])
-            table = table.set_column(0, "key", pc.dictionary_encode(table.column("key")))
-            start = 0
-            values = run_ids.to_pylist()
-            for i in range(1, len(values) + 1):
-                if i == len(values) or values[i] != values[start]:
-                    run_id = values[start]
-                    chunk = table.slice(start, i - start)
-                    if run_id != current:
-                        if current is not None:
-                            yield current, pa.concat_tables(pending)
-                        current, pending = run_id, []
-                    pending.append(chunk)
-                    start = i
+        segments: list[_Segment] = []
+        cache: dict[tuple[str, int], pa.Table] = {}
+        opened: dict[str, pq.ParquetFile] = {}
+
+        def group(member: str, i: int) -> pa.Table:
+            if (member, i) not in cache:
+                cache.clear()  # runs come in order: a group is needed again only right away
+                if member not in opened:
+                    opened.clear()
+                    opened[member] = self.parquet_file(T.METRICS, member)
+                cache[member, i] = _points_only(self.metric_group(member, opened[member], i))
+            return cache[member, i]
+
+        def finished() -> RunPoints:
+            rows = sum(s.length for s in segments)
+            if rows > HELD_RUN_ROWS:
+                return RunPoints(rows, parts=(self, tuple(segments)))
+            pieces = [group(s.member, s.group).slice(s.offset, s.length) for s in segments]
+            return RunPoints(rows, table=pa.concat_tables(pieces))
+
+        for run_id, segment in self._metric_segments():
+            if run_id != current:
+                if current is not None:
+                    yield current, finished()
+                current, segments = run_id, []
+            segments.append(segment)
         if current is not None:
-            yield current, pa.concat_tables(pending)
+            yield current, finished()
 
     # -- records ------------------------------------------------------------------------------
 

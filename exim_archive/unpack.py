@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from .artifact_roots import ArtifactRoots
-from .bundle_reader import ArchiveReader
+from .bundle_reader import ArchiveReader, RunPoints
 from .errors import TargetError
 from .families import UnpackScope
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, Origin, experiment_source_tags, run_source_tags
@@ -217,16 +215,16 @@ class _Unpacker:
             out.append((key, value))
         return out
 
-    def fill(self, item: tuple[RunRecord, pa.Table | None, ExistingRun | None]) -> int:
+    def fill(self, item: tuple[RunRecord, RunPoints | None, ExistingRun | None]) -> int:
         run, points, existing = item
         new_id = self.run_ids[run.run_id]
         if existing is not None and existing.lifecycle_stage == "deleted":
             self.sink.restore_run(new_id)
         self.sink.log_params_and_tags(new_id, self.params(run), self.late_tags(run))
-        if points is not None and points.num_rows:
-            # Slices keep Python objects for one slice at a time, however long the history.
-            for offset in range(0, points.num_rows, METRIC_SLICE):
-                self.sink.log_metrics(new_id, points.slice(offset, METRIC_SLICE))
+        if points is not None:
+            # Python objects for one slice at a time; a long run's row groups decoded as needed.
+            for piece in points.slices(METRIC_SLICE):
+                self.sink.log_metrics(new_id, piece)
         self.sink.log_inputs(new_id, run.inputs)
         arts = self.artifacts.get(run.run_id, [])
         if arts:
@@ -242,7 +240,7 @@ class _Unpacker:
 
     def _with_metrics(
         self, todo: list[RunRecord], existing: dict[str, ExistingRun | None]
-    ) -> Iterator[tuple[RunRecord, pa.Table | None, ExistingRun | None]]:
+    ) -> Iterator[tuple[RunRecord, RunPoints | None, ExistingRun | None]]:
         """Pair each run to fill with its metric points, streaming the metrics table once."""
         wanted = {r.run_id for r in todo}
         by_id = {r.run_id: r for r in todo}

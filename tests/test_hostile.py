@@ -419,8 +419,9 @@ def _exercise_reader(path: Path) -> None:
             reader.experiments()
             reader.runs()
             artifacts = reader.artifacts()
-            for _ in reader.iter_run_metrics():
-                pass
+            for _, points in reader.iter_run_metrics():
+                for _ in points.slices(1000):
+                    pass
             for record in artifacts:
                 for _ in reader.iter_artifact_bytes(record):
                     pass
