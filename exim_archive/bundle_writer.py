@@ -114,6 +114,10 @@ class _MetricsWriter:
         self.rows += table.num_rows
         while self._pending_rows >= ROW_GROUP_ROWS:
             self._flush(ROW_GROUP_ROWS)
+        if len(self._pending) == 1 and self._pending_rows < table.num_rows:
+            # the rest of a long table: copy it out, so the whole table is not kept for it
+            rest = self._pending[0]
+            self._pending = [rest.take(pa.array(range(rest.num_rows), pa.int32()))]
 
     def _flush(self, rows: int) -> None:
         # slicing a chunked table is free: only the row group written is copied together

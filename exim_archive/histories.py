@@ -11,10 +11,12 @@ Four ways in, best first:
   again per run;
 * anything else, or after a bulk failure: ``get_metric_history`` per run and key (paged by MLflow).
 
-A run whose histories look longer than :data:`LONG_RUN_POINTS` (by its latest steps) is read
+A run whose histories look longer than :data:`PAGED_RUN_POINTS` (by its latest steps) is read
 lazily, one key at a time, in pages of :data:`HISTORY_PAGE` points (``get_metric_history`` with
 ``max_results`` and ``page_token``, which the server and MLflow's stores page by offset): memory
 then holds one key's history as Arrow columns and one page as Python objects, never the run's.
+Over HTTP a page's JSON goes straight into columns (MLflow's client would build a protobuf
+message and a ``Metric`` object per point: ~4x the memory).
 """
 
 from __future__ import annotations
@@ -29,21 +31,24 @@ import pyarrow as pa
 from . import tables as T
 from .pool import ordered_map
 from .records import RunRecord
-from .sql_metrics import LONG_RUN_POINTS, SqlMetrics, open_fast_path, size_hint
+from .sql_metrics import RUN_ID_DICT, SqlMetrics, open_fast_path, size_hint
 
 if TYPE_CHECKING:
     from .source import MlflowSource
 
-__all__ = ["BULK_ROW_CAP", "HISTORY_PAGE", "LONG_RUN_POINTS", "HistoryReader"]
+__all__ = ["BULK_ROW_CAP", "HISTORY_PAGE", "PAGED_RUN_POINTS", "HistoryReader"]
 
 BULK_ROW_CAP = 25_000
 BULK_MAX_RUNS = 100
 _BULK_TARGET_ROWS = 20_000
 _BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+_HISTORY_ENDPOINT = "/api/2.0/mlflow/metrics/get-history"
 HISTORY_PAGE = 100_000
 """Points per ``get_metric_history`` page when a long run is read key by key."""
-
-Point = tuple[int, int, float]
+PAGED_RUN_POINTS = 250_000
+"""A run with more points than this (by its latest steps) is read key by key, in pages: a whole
+history read at once costs ~400 bytes a point in MLflow's objects."""
+_POINTS = T.METRICS.schema.set(0, pa.field("run_id", RUN_ID_DICT, nullable=False))
 
 
 class HistoryReader:
@@ -71,41 +76,73 @@ class HistoryReader:
             return self.source.call(
                 f"reading the metric points of {len(runs)} runs", partial(self._sql.read, runs)
             )
-        long = {r.run_id for r in runs if size_hint(r) > LONG_RUN_POINTS}
+        long = {r.run_id for r in runs if size_hint(r) > PAGED_RUN_POINTS}
         short = [r for r in runs if r.run_id not in long]
-        points: dict[tuple[str, str], list[Point]] = {}
+        points: dict[tuple[str, str], pa.Table] = {}
         tasks = list(self._tasks(short))
-        for key, batch, got in ordered_map(self._fetch, tasks, self.workers):
-            for run in batch:
-                points[(run.run_id, key)] = got.get(run.run_id, [])
+        for key, got in ordered_map(self._fetch, tasks, self.workers):
+            for run_id, table in got.items():
+                points[(run_id, key)] = table
         return {
-            run.run_id: self._by_key(run) if run.run_id in long else _table(run, points)
+            run.run_id: self._by_key(run) if run.run_id in long else _run_table(run, points)
             for run in runs
         }
 
     def _by_key(self, run: RunRecord) -> Iterator[pa.Table]:
         """A long run's points, one table per key in key (UTF-8 byte) order, read as the
         writer asks for them."""
-        store = self.source.client._tracking_client.store
         for key in sorted(run.metric_keys, key=lambda k: k.encode("utf-8")):
-            parts: list[pa.Table] = []
-            token: str | None = None
-            while True:
-                page = self.source.call(
-                    f"reading metric {key!r} of run {run.run_id}",
-                    partial(
-                        store.get_metric_history,
-                        run.run_id,
-                        key,
-                        max_results=HISTORY_PAGE,
-                        page_token=token,
-                    ),
-                )
-                parts.append(_page_table(run.run_id, key, page))
-                token = getattr(page, "token", None)
-                if not token:
-                    break
-            yield pa.concat_tables(parts)
+            yield self._key_table(run.run_id, key)
+
+    def _key_table(self, run_id: str, key: str) -> pa.Table:
+        """One key's whole history, read page by page."""
+        parts: list[pa.Table] = []
+        token: str | None = None
+        while True:
+            page, token = self.source.call(
+                f"reading metric {key!r} of run {run_id}",
+                partial(self._page, run_id, key, token),
+            )
+            parts.append(page)
+            if not token:
+                return pa.concat_tables(parts)
+
+    def _page(self, run_id: str, key: str, token: str | None) -> tuple[pa.Table, str | None]:
+        """One page of a key's history and the next page's token (None after the last)."""
+        store = self.source.client._tracking_client.store
+        if self.source.kind != "http":
+            page = store.get_metric_history(run_id, key, max_results=HISTORY_PAGE, page_token=token)
+            steps, stamps, values = [], [], []
+            for m in page:
+                steps.append(int(m.step))
+                stamps.append(int(m.timestamp))
+                values.append(float(m.value))
+            return _points_table(run_id, key, steps, stamps, values), getattr(page, "token", None)
+        import requests
+        from mlflow.utils.rest_utils import http_request
+
+        params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
+        if token:
+            params["page_token"] = token
+        resp = http_request(
+            store.get_host_creds(), _HISTORY_ENDPOINT, "GET", params=params, raise_on_status=False
+        )
+        if resp.status_code != 200:
+            raise requests.HTTPError(
+                f"HTTP {resp.status_code} from {_HISTORY_ENDPOINT}", response=resp
+            )
+        body = resp.json()
+        del resp
+        metrics = body.get("metrics", [])
+        # proto JSON: int64 may come as strings, NaN and infinities as "NaN" / "Infinity"
+        table = _points_table(
+            run_id,
+            key,
+            [int(m.get("step", 0)) for m in metrics],
+            [int(m.get("timestamp", 0)) for m in metrics],
+            [float(m.get("value", 0.0)) for m in metrics],
+        )
+        return table, body.get("next_page_token") or None
 
     def counts(self, runs: list[RunRecord]) -> dict[str, dict[str, int]]:
         """Stored points per run and key: one grouped count on a database, the histories
@@ -149,18 +186,16 @@ class HistoryReader:
             if batch:
                 yield key, batch
 
-    def _fetch(
-        self, task: tuple[str, list[RunRecord]]
-    ) -> tuple[str, list[RunRecord], dict[str, list[Point]]]:
+    def _fetch(self, task: tuple[str, list[RunRecord]]) -> tuple[str, dict[str, pa.Table]]:
         key, batch = task
-        got: dict[str, list[Point]] | None = None
+        got: dict[str, pa.Table] | None = None
         if len(batch) > 1 or self._store_bulk is not None:
             got = self._bulk(key, batch)
         if got is None:
-            got = {run.run_id: self._one(run.run_id, key) for run in batch}
-        return key, batch, got
+            got = {run.run_id: self._key_table(run.run_id, key) for run in batch}
+        return key, got
 
-    def _bulk(self, key: str, batch: list[RunRecord]) -> dict[str, list[Point]] | None:
+    def _bulk(self, key: str, batch: list[RunRecord]) -> dict[str, pa.Table] | None:
         ids = [run.run_id for run in batch]
         what = f"reading metric {key!r} of {len(ids)} runs"
         rows: list[Any]
@@ -181,10 +216,15 @@ class HistoryReader:
             triples = (
                 (r["run_id"], int(r["step"]), int(r["timestamp"]), float(r["value"])) for r in rows
             )
-        out: dict[str, list[Point]] = defaultdict(list)
+        columns: dict[str, tuple[list[int], list[int], list[float]]] = {}
         for run_id, step, stamp, value in triples:
-            out[run_id].append((step, stamp, value))
-        return out
+            if run_id not in columns:
+                columns[run_id] = ([], [], [])
+            steps, stamps, values = columns[run_id]
+            steps.append(step)
+            stamps.append(stamp)
+            values.append(value)
+        return {run_id: _points_table(run_id, key, *cols) for run_id, cols in columns.items()}
 
     def _http_bulk(self, run_ids: list[str], key: str) -> list[dict[str, Any]] | None:
         import requests
@@ -205,48 +245,31 @@ class HistoryReader:
         metrics: list[dict[str, Any]] = resp.json().get("metrics", [])
         return metrics
 
-    def _one(self, run_id: str, key: str) -> list[Point]:
-        history = self.source.call(
-            f"reading metric {key!r} of run {run_id}",
-            partial(self.source.client.get_metric_history, run_id, key),
-        )
-        return [(int(m.step), int(m.timestamp), float(m.value)) for m in history]
 
-
-def _page_table(run_id: str, key: str, page: Iterable[Any]) -> pa.Table:
-    steps, stamps, values = [], [], []
-    for m in page:
-        steps.append(int(m.step))
-        stamps.append(int(m.timestamp))
-        values.append(float(m.value))
-    return _points_table(run_id, [key] * len(steps), steps, stamps, values)
-
-
-def _table(run: RunRecord, points: dict[tuple[str, str], list[Point]]) -> pa.Table:
-    keys: list[str] = []
-    steps: list[int] = []
-    stamps: list[int] = []
-    values: list[float] = []
-    for key in run.metric_keys:
-        for step, stamp, value in points.get((run.run_id, key), []):
-            keys.append(key)
-            steps.append(step)
-            stamps.append(stamp)
-            values.append(value)
-    return _points_table(run.run_id, keys, steps, stamps, values)
+def _run_table(run: RunRecord, points: dict[tuple[str, str], pa.Table]) -> pa.Table:
+    """The run's points out of ``points`` (taken out of it), in the run's key order."""
+    parts = [
+        points.pop((run.run_id, key)) for key in run.metric_keys if (run.run_id, key) in points
+    ]
+    return pa.concat_tables(parts) if parts else _POINTS.empty_table()
 
 
 def _points_table(
-    run_id: str, keys: list[str], steps: list[int], stamps: list[int], values: list[float]
+    run_id: str, keys: str | list[str], steps: list[int], stamps: list[int], values: list[float]
 ) -> pa.Table:
-    """One run's points as a ``metrics`` table."""
+    """One run's points as a ``metrics`` table, the run id dictionary-encoded (4 bytes a point,
+    not 36); ``keys`` is one key for every point, or a key per point."""
+    n = len(steps)
+    key = pa.array([keys] * n if isinstance(keys, str) else keys, pa.string())
     return pa.table(
         {
-            "run_id": pa.array([run_id] * len(keys), pa.string()),
-            "key": pa.array(keys, pa.string()),
+            "run_id": pa.DictionaryArray.from_arrays(
+                pa.repeat(pa.scalar(0, pa.int32()), n), pa.array([run_id], pa.string())
+            ),
+            "key": key,
             "step": pa.array(steps, pa.int64()),
             "timestamp": pa.array(stamps, pa.int64()),
             "value": pa.array(values, pa.float64()),
         },
-        schema=T.METRICS.schema,
+        schema=_POINTS,
     )

@@ -60,7 +60,8 @@ def test_database_bulk_reads_everything(
 
 
 def _seed_long(uri: str, name: str) -> None:
-    """Two runs whose keys hold repeats, a NaN and unicode: 3 x 250 points plus a short key."""
+    """Two runs whose keys hold repeats, NaN, +/-inf and unicode: 3 x 250 points plus a short
+    key."""
     c = MlflowClient(uri)
     exp = c.create_experiment(name)
     for r in range(2):
@@ -71,6 +72,8 @@ def _seed_long(uri: str, name: str) -> None:
             for i in range(250)
         ]
         ms.append(Metric("a", float("nan"), 5000, 3))
+        ms.append(Metric("b", float("inf"), 5001, 4))
+        ms.append(Metric("b", float("-inf"), 5002, 5))
         ms.append(Metric("short", 1.0, 1, 0))
         for start in range(0, len(ms), 1000):
             c.log_batch(run_id, metrics=ms[start : start + 1000])
@@ -85,7 +88,7 @@ def test_long_runs_are_paged_key_by_key_with_the_same_result(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A run past LONG_RUN_POINTS is read one key at a time in get_metric_history pages (here
+    """A run past PAGED_RUN_POINTS is read one key at a time in get_metric_history pages (here
     70 points a page over 3 pages, against a server and MLflow's store in-process); the
     archive is the same, byte for byte, as the whole-run read gives."""
     from exim_archive import histories, pack
@@ -106,9 +109,9 @@ def test_long_runs_are_paged_key_by_key_with_the_same_result(
         return real(self, run)  # type: ignore[arg-type]
 
     monkeypatch.setattr(HistoryReader, "_by_key", spy)
-    monkeypatch.setattr(histories, "LONG_RUN_POINTS", 100)
+    monkeypatch.setattr(histories, "PAGED_RUN_POINTS", 100)
     monkeypatch.setattr(histories, "HISTORY_PAGE", 70)
     paged = pack(tmp_path / "paged.exim", tracking_uri=uri, experiments=[f"{unique} long"])
-    assert len(calls) == 2 and paged.counts["metric_points"] == 2 * (750 + 2)
+    assert len(calls) == 2 and paged.counts["metric_points"] == 2 * (750 + 4)
     assert paged.digest == whole.digest
     assert (tmp_path / "paged.exim").read_bytes() == (tmp_path / "whole.exim").read_bytes()
