@@ -95,23 +95,33 @@ class HistoryReader:
             yield self._key_table(run.run_id, key)
 
     def _key_table(self, run_id: str, key: str) -> pa.Table:
-        """One key's whole history, read page by page."""
+        """One key's whole history, read page by page.
+
+        Pages come by offset in (timestamp, step, value) order, where a NaN (stored as 0 with a
+        flag) and a 0.0 at the same step and time tie: a page boundary between them can give
+        one twice and lose the other. A page that starts with the previous page's last point
+        shows it (a store keeps each point once); the key is then read again in one call."""
         parts: list[pa.Table] = []
         token: str | None = None
+        what = f"reading metric {key!r} of run {run_id}"
         while True:
-            page, token = self.source.call(
-                f"reading metric {key!r} of run {run_id}",
-                partial(self._page, run_id, key, token),
-            )
+            page, token = self.source.call(what, partial(self._page, run_id, key, token))
+            if parts and page.num_rows and _same_point(parts[-1], page):
+                self.fallbacks += 1
+                whole, _ = self.source.call(what, partial(self._page, run_id, key, None, None))
+                return whole
             parts.append(page)
             if not token:
                 return pa.concat_tables(parts)
 
-    def _page(self, run_id: str, key: str, token: str | None) -> tuple[pa.Table, str | None]:
-        """One page of a key's history and the next page's token (None after the last)."""
+    def _page(
+        self, run_id: str, key: str, token: str | None, size: int | None = HISTORY_PAGE
+    ) -> tuple[pa.Table, str | None]:
+        """One page of ``size`` points of a key's history (``None``: all of it) and the next
+        page's token (None after the last)."""
         store = self.source.client._tracking_client.store
         if self.source.kind != "http":
-            page = store.get_metric_history(run_id, key, max_results=HISTORY_PAGE, page_token=token)
+            page = store.get_metric_history(run_id, key, max_results=size, page_token=token)
             steps, stamps, values = [], [], []
             for m in page:
                 steps.append(int(m.step))
@@ -121,7 +131,9 @@ class HistoryReader:
         import requests
         from mlflow.utils.rest_utils import http_request
 
-        params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
+        params: dict[str, Any] = {"run_id": run_id, "metric_key": key}
+        if size is not None:
+            params["max_results"] = size
         if token:
             params["page_token"] = token
         resp = http_request(
@@ -244,6 +256,13 @@ class HistoryReader:
             )
         metrics: list[dict[str, Any]] = resp.json().get("metrics", [])
         return metrics
+
+
+def _same_point(before: pa.Table, after: pa.Table) -> bool:
+    """True if ``after`` starts with ``before``'s last point (NaN equal to NaN)."""
+    last = before.slice(before.num_rows - 1).select(["step", "timestamp", "value"]).to_pylist()
+    first = after.slice(0, 1).select(["step", "timestamp", "value"]).to_pylist()
+    return repr(last) == repr(first)
 
 
 def _run_table(run: RunRecord, points: dict[tuple[str, str], pa.Table]) -> pa.Table:

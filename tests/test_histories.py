@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from conftest import MlflowServer, NewStore
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from exim_archive import histories
 from exim_archive.histories import BULK_ROW_CAP, HistoryReader
 from exim_archive.source import MlflowSource
 
@@ -115,3 +117,47 @@ def test_long_runs_are_paged_key_by_key_with_the_same_result(
     assert len(calls) == 2 and paged.counts["metric_points"] == 2 * (750 + 4)
     assert paged.digest == whole.digest
     assert (tmp_path / "paged.exim").read_bytes() == (tmp_path / "whole.exim").read_bytes()
+
+
+def test_a_point_given_twice_across_pages_rereads_the_key(
+    new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offset paging can split a tie (a NaN and a 0.0 at one step and time) and give one of
+    them twice: the key is read again in one call."""
+    reader = HistoryReader(MlflowSource(new_sqlite("src")), workers=1)
+    nan = float("nan")
+    pages = {None: ([(0, 10, 1.0), (1, 20, nan)], "p2"), "p2": ([(1, 20, nan), (2, 30, 3.0)], None)}
+    whole = [(0, 10, 1.0), (1, 20, 0.0), (1, 20, nan), (2, 30, 3.0)]
+    calls: list[tuple[str | None, int | None]] = []
+
+    def fake(
+        self: HistoryReader, run_id: str, key: str, token: str | None, size: int | None = 1
+    ) -> tuple[pa.Table, str | None]:
+        calls.append((token, size))
+        rows, after = (whole, None) if size is None else pages[token]
+        steps, stamps, values = (list(c) for c in zip(*rows, strict=True))
+        return histories._points_table(run_id, key, steps, stamps, values), after
+
+    monkeypatch.setattr(HistoryReader, "_page", fake)
+    table = reader._key_table("r", "m")
+    assert calls == [(None, 1), ("p2", 1), (None, None)] and reader.fallbacks == 1
+    assert repr(table.column("value").to_pylist()) == "[1.0, 0.0, nan, 3.0]"
+    pages["p2"] = ([(1, 20, 0.0), (2, 30, 3.0)], None)  # no repeat: the pages are the history
+    calls.clear()
+    assert reader._key_table("r", "m").num_rows == 4 and len(calls) == 2
+
+
+@pytest.mark.server
+def test_history_pages_over_http(source_server: MlflowServer, unique: str) -> None:
+    """The server's get-history endpoint: pages with a token, or the whole key in one call."""
+    _log(source_server.url, f"{unique} paged", runs=1, points=250, step_of=None)
+    source = MlflowSource(source_server.url)
+    (run,) = source.runs([e.experiment_id for e in source.experiments([f"{unique} paged"])])
+    reader = HistoryReader(source, workers=1)
+    first, token = reader._page(run.run_id, "m", None, 100)
+    assert first.num_rows == 100 and token
+    second, token = reader._page(run.run_id, "m", token, 100)
+    assert second.column("step").to_pylist() == list(range(100, 200)) and token
+    whole, token = reader._page(run.run_id, "m", None, None)
+    assert whole.num_rows == 250 and token is None
+    assert reader._key_table(run.run_id, "m").equals(whole)
