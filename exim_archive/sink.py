@@ -7,6 +7,7 @@ MLflow types start here. Calls go through :func:`translating`, so a failure leav
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .artifact_roots import PROXIED, ArtifactRoots, files_under
 from .errors import TargetError
@@ -65,6 +67,8 @@ def fit_tags(tags: Mapping[str, str], value_limit: int, what: str) -> Fitted:
 
 
 METRICS_PER_BATCH = 1000
+_LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+_NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 PARAMS_PER_BATCH = 100
 TAGS_PER_BATCH = 100
 _PAGE = 50_000
@@ -89,6 +93,25 @@ class ExistingRun:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def log_batch_body(run_id: str, points: pa.Table) -> dict[str, Any]:
+    """A ``runs/log-batch`` request body for metric points (``key``, ``step``, ``timestamp``,
+    ``value`` columns) as MLflow's client sends it: NaN and infinities as proto JSON strings."""
+    values: list[Any] = points.column("value").to_pylist()
+    if not pc.all(pc.is_finite(points.column("value"))).as_py():
+        values = [v if math.isfinite(v) else _NOT_FINITE[repr(v)] for v in values]
+    metrics = [
+        {"key": k, "value": v, "timestamp": t, "step": s}
+        for k, v, t, s in zip(
+            points.column("key").to_pylist(),
+            values,
+            points.column("timestamp").to_pylist(),
+            points.column("step").to_pylist(),
+            strict=True,
+        )
+    ]
+    return {"run_id": run_id, "metrics": metrics}
 
 
 class MlflowSink:
@@ -271,6 +294,13 @@ class MlflowSink:
         if fast is not None:
             self.call(f"logging metrics of run {run_id}", partial(fast.write, run_id, points))
             return
+        if uri_kind(self.uri) == "http":
+            # The request body straight from the columns: MLflow's client spends ~10 ms of the
+            # shared CPU per 1,000 points on Metric objects, protobuf and JSON, this ~1 ms.
+            for offset in range(0, points.num_rows, METRICS_PER_BATCH):
+                body = log_batch_body(run_id, points.slice(offset, METRICS_PER_BATCH))
+                self.call(f"logging metrics of run {run_id}", partial(self._log_batch, body))
+            return
         keys = points.column("key").to_pylist()
         steps = points.column("step").to_pylist()
         stamps = points.column("timestamp").to_pylist()
@@ -283,6 +313,13 @@ class MlflowSink:
                 f"logging metrics of run {run_id}",
                 partial(self.client.log_batch, run_id, metrics=list(chunk)),
             )
+
+    def _log_batch(self, body: dict[str, Any]) -> None:
+        """POST one ``runs/log-batch`` body; errors as MLflow's client raises them."""
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        resp = http_request(self._store.get_host_creds(), _LOG_BATCH, "POST", json=body)
+        verify_rest_response(resp, _LOG_BATCH)
 
     def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag

@@ -276,3 +276,32 @@ def test_database_uri_of_a_proxying_server_says_how_to_pack_it(
         tmp_path / "a.exim", tracking_uri=db, experiments=[f"{unique}-proxied"], artifacts=False
     )
     assert report.counts["runs"] == 1
+
+
+def test_log_batch_body_is_what_mlflow_client_sends() -> None:
+    """Metric points over HTTP go as a request body built from the columns: the same JSON
+    (after parsing) as MLflow's client makes from Metric objects, NaN and infinities included."""
+    import pyarrow as pa
+    from mlflow.entities import Metric
+    from mlflow.protos.service_pb2 import LogBatch
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    from exim_archive.sink import log_batch_body
+
+    rows = [
+        ("a", 0, T0, 0.1),
+        ("a", 1, T0 + 1, float("nan")),
+        ("ü", -5, 2**62, float("inf")),
+        ("b", 2**40, 0, float("-inf")),
+        ("b", 3, T0, -0.0),
+        ("b", 4, T0, 1.7976931348623157e308),
+    ]
+    keys, steps, stamps, values = (list(c) for c in zip(*rows, strict=True))
+    table = pa.table({"key": keys, "step": steps, "timestamp": stamps, "value": values})
+    mine = json.loads(json.dumps(log_batch_body("r" * 32, table)))
+    metrics = [Metric(k, v, t, s).to_proto() for k, s, t, v in rows]
+    theirs = json.loads(message_to_json(LogBatch(run_id="r" * 32, metrics=metrics)))
+    assert repr(mine) == repr(theirs)
+    assert log_batch_body("r", table.slice(0, 1))["metrics"] == [
+        {"key": "a", "value": 0.1, "timestamp": T0, "step": 0}
+    ]
