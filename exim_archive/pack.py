@@ -11,11 +11,13 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -24,7 +26,7 @@ from .artifact_roots import ArtifactRoots
 from .bundle_writer import ArchiveWriter, check_destination
 from .errors import UsageError
 from .families import PackScope
-from .pool import ordered_map
+from .pool import in_background, ordered_map
 from .progress import Progress
 from .records import RunRecord
 from .source import MlflowSource
@@ -73,6 +75,8 @@ def _producer() -> dict[str, str]:
 
 CHUNK_POINTS = 2_000_000
 CHUNK_RUNS = 500
+PREFETCH_RUNS = 64
+"""Runs whose artifact files may be downloaded ahead of the run being written (over HTTP)."""
 
 
 def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
@@ -191,14 +195,21 @@ def pack(
                 files = source.download_artifacts(run, downloads / run.run_id) if artifacts else []
                 return run, files
 
+            # Over HTTP both reads wait on the server: a chunk's histories are read on a thread
+            # of their own while up to PREFETCH_RUNS runs' files download.
+            overlap = artifacts and isinstance(source, MlflowSource) and source.kind == "http"
             for chunk in _chunks(runs):
-                histories = source.metric_histories(chunk, workers)
-                for run, files in ordered_map(fetch, chunk, workers):
-                    writer.add_run(run, histories.pop(run.run_id))
-                    for path, local in files:
-                        writer.add_artifact(run.run_id, path, local)
-                    shutil.rmtree(downloads / run.run_id, ignore_errors=True)
-                    bar.advance()
+                read = partial(source.metric_histories, chunk, workers)
+                with in_background(read) if overlap else nullcontext(read) as histories_of:
+                    ahead = PREFETCH_RUNS if overlap else None
+                    histories: dict[str, Any] | None = None
+                    for run, files in ordered_map(fetch, chunk, workers, ahead):
+                        histories = histories_of() if histories is None else histories
+                        writer.add_run(run, histories.pop(run.run_id))
+                        for path, local in files:
+                            writer.add_artifact(run.run_id, path, local)
+                        shutil.rmtree(downloads / run.run_id, ignore_errors=True)
+                        bar.advance()
             bar.close()
             if families:
                 scope = PackScope(

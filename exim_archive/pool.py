@@ -7,9 +7,10 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
-__all__ = ["Stopped", "check_stop", "ordered_map"]
+__all__ = ["Stopped", "check_stop", "in_background", "ordered_map"]
 
 _STOP = threading.Event()
 
@@ -28,18 +29,22 @@ A = TypeVar("A")
 B = TypeVar("B")
 
 
-def ordered_map(fn: Callable[[A], B], items: Iterable[A], workers: int) -> Iterator[B]:
-    """``map(fn, items)`` on ``workers`` threads, at most ``2 * workers`` items in flight.
+def ordered_map(
+    fn: Callable[[A], B], items: Iterable[A], workers: int, ahead: int | None = None
+) -> Iterator[B]:
+    """``map(fn, items)`` on ``workers`` threads, at most ``ahead`` (default ``2 * workers``)
+    items in flight.
 
     The first exception is raised at its item's turn; items not yet started are cancelled.
     """
     workers = max(1, workers)
+    window = max(workers, ahead or 2 * workers)
     pool = ThreadPoolExecutor(max_workers=workers)
     pending: deque[Future[B]] = deque()
     try:
         for item in items:
             pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -50,5 +55,23 @@ def ordered_map(fn: Callable[[A], B], items: Iterable[A], workers: int) -> Itera
     finally:
         for fut in pending:
             fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _STOP.clear()
+
+
+@contextmanager
+def in_background(fn: Callable[[], B]) -> Iterator[Callable[[], B]]:
+    """``fn()`` on a thread of its own while the block goes on; the block gets a callable that
+    waits for the result (and raises what ``fn`` raised). Leaving the block by an exception
+    (a failure, Ctrl-C) stops the calls ``fn`` has not started and waits for its thread."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(fn)
+    try:
+        yield future.result
+        future.result()  # a failure the block did not wait for is not lost
+    except BaseException:
+        _STOP.set()
+        raise
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _STOP.clear()
