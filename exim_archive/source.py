@@ -236,8 +236,10 @@ class MlflowSource:
         if uri.startswith(PROXIED) and self.kind != "http":
             # MLflow cannot reach them from a database URI (and its error names no way out)
             return self.artifact_roots.run_files(self, run, destination)
+        repo = self._artifact_repo(uri) if uri else None
         top = self.call(
-            f"listing artifacts of run {run.run_id}", lambda: self.client.list_artifacts(run.run_id)
+            f"listing artifacts of run {run.run_id}",
+            repo.list_artifacts if repo else partial(self.client.list_artifacts, run.run_id),
         )
         if not top:
             return []
@@ -245,10 +247,23 @@ class MlflowSource:
         def download() -> Path:
             shutil.rmtree(destination, ignore_errors=True)
             destination.mkdir(parents=True)
+            if repo is not None:
+                return Path(repo.download_artifacts("", str(destination)))
             return Path(self.client.download_artifacts(run.run_id, "", str(destination)))
 
         return files_under(
             self.call(f"downloading artifacts of run {run.run_id} ({uri})", download)
+        )
+
+    def _artifact_repo(self, artifact_uri: str) -> Any:
+        """The repository of a run's artifact URI, as MLflow's client makes it for the run's
+        whole tree (which asks the server for the run again first: two calls per run saved)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+        return get_artifact_repository(
+            add_databricks_profile_info_to_artifact_uri(artifact_uri, self.uri),
+            tracking_uri=self.uri,
         )
 
     def close(self) -> None:
