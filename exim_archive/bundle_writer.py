@@ -150,8 +150,6 @@ class _MetricsWriter:
 
 
 SORT_WHOLE_ROWS = 1_000_000
-_RUN_ID_DICT = pa.dictionary(pa.int32(), pa.string())
-_PENDING = T.METRICS.schema.set(0, pa.field("run_id", _RUN_ID_DICT, nullable=False))
 
 
 def _sorted_by_key(table: pa.Table) -> Iterator[pa.Table]:
@@ -247,10 +245,10 @@ class ArchiveWriter:
     def _add_points(self, metrics: pa.Table) -> None:
         if metrics.num_rows:
             table = metrics.select(T.METRICS.schema.names)
-            if table.schema.field("run_id").type != _RUN_ID_DICT:
+            if table.schema.field("run_id").type != T.RUN_ID_DICT:
                 # pending points keep run ids dictionary-encoded until a row group is written
                 table = table.set_column(0, "run_id", pc.dictionary_encode(table.column("run_id")))
-            table = table.cast(_PENDING)
+            table = table.cast(T.METRIC_POINTS)
             for piece in _sorted_by_key(table):
                 self._metrics.append(piece)
 

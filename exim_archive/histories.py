@@ -31,7 +31,7 @@ import pyarrow as pa
 from . import tables as T
 from .pool import ordered_map
 from .records import RunRecord
-from .sql_metrics import RUN_ID_DICT, SqlMetrics, open_fast_path, size_hint
+from .sql_metrics import SqlMetrics, open_fast_path, size_hint
 
 if TYPE_CHECKING:
     from .source import MlflowSource
@@ -48,7 +48,6 @@ HISTORY_PAGE = 100_000
 PAGED_RUN_POINTS = 250_000
 """A run with more points than this (by its latest steps) is read key by key, in pages: a whole
 history read at once costs ~400 bytes a point in MLflow's objects."""
-_POINTS = T.METRICS.schema.set(0, pa.field("run_id", RUN_ID_DICT, nullable=False))
 
 
 class HistoryReader:
@@ -270,7 +269,7 @@ def _run_table(run: RunRecord, points: dict[tuple[str, str], pa.Table]) -> pa.Ta
     parts = [
         points.pop((run.run_id, key)) for key in run.metric_keys if (run.run_id, key) in points
     ]
-    return pa.concat_tables(parts) if parts else _POINTS.empty_table()
+    return pa.concat_tables(parts) if parts else T.METRIC_POINTS.empty_table()
 
 
 def _points_table(
@@ -290,5 +289,5 @@ def _points_table(
             "timestamp": pa.array(stamps, pa.int64()),
             "value": pa.array(values, pa.float64()),
         },
-        schema=_POINTS,
+        schema=T.METRIC_POINTS,
     )

@@ -166,7 +166,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _empty() -> pa.Table:
-    return _POINTS.empty_table()
+    return T.METRIC_POINTS.empty_table()
 
 
 class PointReader:
@@ -201,7 +201,7 @@ class PointReader:
     def _by_key(self, run: RunRecord) -> Iterator[pa.Table]:
         for key in sorted(run.metric_keys, key=lambda k: k.encode("utf-8")):
             table = self._select([run.run_id], key)
-            yield table.select(T.METRICS.schema.names).cast(_POINTS)
+            yield table.select(T.METRICS.schema.names).cast(T.METRIC_POINTS)
 
     def count(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Stored points per run and key (the table's key makes each stored point distinct)."""
@@ -413,11 +413,9 @@ class SqlMetrics:
 
 # -- Arrow helpers -------------------------------------------------------------------------------
 
-RUN_ID_DICT = pa.dictionary(pa.int32(), pa.string())
-"""Run ids as read: dictionary-encoded (4 bytes a point instead of ~36; a history has one)."""
 _RAW = pa.schema(
     [
-        ("run_id", RUN_ID_DICT),
+        ("run_id", T.RUN_ID_DICT),
         ("key", pa.string()),
         ("step", pa.int64()),
         ("timestamp", pa.int64()),
@@ -425,11 +423,6 @@ _RAW = pa.schema(
         ("is_nan", pa.bool_()),
     ]
 )
-
-
-_POINTS = T.METRICS.schema.set(0, pa.field("run_id", RUN_ID_DICT, nullable=False))
-"""A run's points as :meth:`SqlMetrics.read` gives them: the ``metrics`` columns, run ids
-dictionary-encoded (the bundle writer writes them as plain strings)."""
 
 
 def size_hint(run: RunRecord) -> int:
@@ -489,7 +482,7 @@ def _split(table: pa.Table, runs: Sequence[RunRecord]) -> dict[str, pa.Table]:
         listed = set(run.metric_keys)
         if not set(pc.unique(got.column("key")).to_pylist()) <= listed:
             got = got.filter(pc.is_in(got.column("key"), pa.array(sorted(listed), pa.string())))
-        out[run.run_id] = got.cast(_POINTS)
+        out[run.run_id] = got.cast(T.METRIC_POINTS)
     return out
 
 

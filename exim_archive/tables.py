@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-__all__ = ["METRICS", "TABLES", "TableSpec", "schema_to_json"]
+__all__ = ["METRICS", "METRIC_POINTS", "RUN_ID_DICT", "TABLES", "TableSpec", "schema_to_json"]
 
 SCHEMA_VERSION = "1.1"
 
@@ -160,6 +160,11 @@ METRICS = TableSpec(
     sort_key=("run_id", "key", "step", "timestamp", "value"),
     references=_RUN_REF,
 )
+RUN_ID_DICT = pa.dictionary(pa.int32(), pa.string())
+"""Run ids in memory: dictionary-encoded (4 bytes a point instead of ~36; a history has one)."""
+METRIC_POINTS = METRICS.schema.set(0, pa.field("run_id", RUN_ID_DICT, nullable=False))
+"""Metric points as sources hand them to the bundle writer: the ``metrics`` columns with run ids
+dictionary-encoded (the writer writes them as plain strings)."""
 ARTIFACTS = TableSpec(
     "artifacts",
     pa.schema(

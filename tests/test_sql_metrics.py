@@ -161,7 +161,7 @@ def _read(source: MlflowSource, runs: list[Any]) -> tuple[HistoryReader, dict[st
     for run_id, points in reader.read(runs).items():
         # a run whose latest steps look long comes one key at a time: join them
         parts = [points] if isinstance(points, pa.Table) else list(points)
-        tables[run_id] = pa.concat_tables(parts) if parts else sql_metrics._POINTS.empty_table()
+        tables[run_id] = pa.concat_tables(parts) if parts else T.METRIC_POINTS.empty_table()
     return reader, tables
 
 
@@ -227,7 +227,7 @@ def test_sql_read_equals_api_read(
     assert _sorted(fast) == _sorted(api)
     for table in fast.values():  # run ids dictionary-encoded: the writer decodes them
         assert table.cast(T.METRICS.schema).schema.equals(T.METRICS.schema)
-        assert table.schema.field("run_id").type == sql_metrics.RUN_ID_DICT
+        assert table.schema.field("run_id").type == T.RUN_ID_DICT
     edge_rows = _sorted(fast)[edge]
     assert sum(r[1] == "edge" for r in edge_rows) == 0
     special = [r[4] for r in edge_rows if r[1] == "special"]
