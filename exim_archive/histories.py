@@ -127,23 +127,12 @@ class HistoryReader:
                 stamps.append(int(m.timestamp))
                 values.append(float(m.value))
             return _points_table(run_id, key, steps, stamps, values), getattr(page, "token", None)
-        import requests
-        from mlflow.utils.rest_utils import http_request
-
         params: dict[str, Any] = {"run_id": run_id, "metric_key": key}
         if size is not None:
             params["max_results"] = size
         if token:
             params["page_token"] = token
-        resp = http_request(
-            store.get_host_creds(), _HISTORY_ENDPOINT, "GET", params=params, raise_on_status=False
-        )
-        if resp.status_code != 200:
-            raise requests.HTTPError(
-                f"HTTP {resp.status_code} from {_HISTORY_ENDPOINT}", response=resp
-            )
-        body = resp.json()
-        del resp
+        body = self._get_json(_HISTORY_ENDPOINT, params)
         metrics = body.get("metrics", [])
         # proto JSON: int64 may come as strings, NaN and infinities as "NaN" / "Infinity"
         table = _points_table(
@@ -238,23 +227,24 @@ class HistoryReader:
         return {run_id: _points_table(run_id, key, *cols) for run_id, cols in columns.items()}
 
     def _http_bulk(self, run_ids: list[str], key: str) -> list[dict[str, Any]] | None:
+        params = {"run_id": run_ids, "metric_key": key, "max_results": BULK_ROW_CAP}
+        metrics: list[dict[str, Any]] = self._get_json(_BULK_ENDPOINT, params).get("metrics", [])
+        return metrics
+
+    def _get_json(self, endpoint: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One GET to the server, its JSON reply parsed (no MLflow objects); a status other than
+        200 raises ``requests.HTTPError``, which the caller's retry rule classifies."""
         import requests
         from mlflow.utils.rest_utils import http_request
 
         store = self.source.client._tracking_client.store
         resp = http_request(
-            store.get_host_creds(),
-            _BULK_ENDPOINT,
-            "GET",
-            params={"run_id": run_ids, "metric_key": key, "max_results": BULK_ROW_CAP},
-            raise_on_status=False,
+            store.get_host_creds(), endpoint, "GET", params=params, raise_on_status=False
         )
         if resp.status_code != 200:
-            raise requests.HTTPError(
-                f"HTTP {resp.status_code} from {_BULK_ENDPOINT}", response=resp
-            )
-        metrics: list[dict[str, Any]] = resp.json().get("metrics", [])
-        return metrics
+            raise requests.HTTPError(f"HTTP {resp.status_code} from {endpoint}", response=resp)
+        body: dict[str, Any] = resp.json()
+        return body
 
 
 def _same_point(before: pa.Table, after: pa.Table) -> bool:
@@ -273,18 +263,17 @@ def _run_table(run: RunRecord, points: dict[tuple[str, str], pa.Table]) -> pa.Ta
 
 
 def _points_table(
-    run_id: str, keys: str | list[str], steps: list[int], stamps: list[int], values: list[float]
+    run_id: str, key: str, steps: list[int], stamps: list[int], values: list[float]
 ) -> pa.Table:
-    """One run's points as a ``metrics`` table, the run id dictionary-encoded (4 bytes a point,
-    not 36); ``keys`` is one key for every point, or a key per point."""
+    """Points of one run and key as a ``metrics`` table, the run id dictionary-encoded (4 bytes
+    a point, not 36)."""
     n = len(steps)
-    key = pa.array([keys] * n if isinstance(keys, str) else keys, pa.string())
     return pa.table(
         {
             "run_id": pa.DictionaryArray.from_arrays(
                 pa.repeat(pa.scalar(0, pa.int32()), n), pa.array([run_id], pa.string())
             ),
-            "key": key,
+            "key": pa.repeat(pa.scalar(key, pa.string()), n),
             "step": pa.array(steps, pa.int64()),
             "timestamp": pa.array(stamps, pa.int64()),
             "value": pa.array(values, pa.float64()),

@@ -93,7 +93,7 @@ def test_long_runs_are_paged_key_by_key_with_the_same_result(
     """A run past PAGED_RUN_POINTS is read one key at a time in get_metric_history pages (here
     70 points a page over 3 pages, against a server and MLflow's store in-process); the
     archive is the same, byte for byte, as the whole-run read gives."""
-    from exim_archive import histories, pack
+    from exim_archive import pack
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
     if where == "http":
