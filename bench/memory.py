@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Peak memory of exim-archive pack and unpack on one run with millions of metric points.
+"""Peak memory of exim-archive pack and unpack on runs with millions of metric points.
 
 Issue 4: one run with 5 M metric points packs and unpacks under 500 MB peak RSS. Seeds one
-run in a fresh, migrated MLflow sqlite store (the run through MlflowClient, its points with
+run (``--runs N``: N such runs) in a fresh, migrated MLflow sqlite store (the run through
+MlflowClient, its points with
 sqlite3 ``executemany`` straight into ``metrics`` plus one ``latest_metrics`` row per key:
 MLflow's ``log_batch`` would take many minutes for 5 M points), then runs ``exim-archive pack``
 from it and ``exim-archive unpack`` into a fresh sqlite store, each in its own process, and
@@ -11,6 +12,7 @@ reports each one's wall time and peak RSS (``os.wait4``). Not a test.
     python bench/memory.py                      # 5,000,000 points: 5 keys x 1,000,000 steps
     python bench/memory.py --points 1000000 --keys 5
     python bench/memory.py --http               # also pack the run through an mlflow server
+    python bench/memory.py --runs 20 --points 2000000 --keys 10   # 40 M points, 2 M a run
 
 ``--http`` starts ``mlflow server`` (127.0.0.1, sqlite backend: the seeded store) and adds a
 ``pack http`` row: the run read over HTTP, one key at a time in ``get_metric_history`` pages.
@@ -58,8 +60,8 @@ def _key_points(
     return values, stamps
 
 
-def seed(db: Path, points: int, keys: int) -> tuple[str, float]:
-    """One run with ``points`` points over ``keys`` keys; returns (run_id, seconds)."""
+def seed(db: Path, points: int, keys: int, runs: int = 1) -> float:
+    """``runs`` runs with ``points`` points each over ``keys`` keys; returns the seconds."""
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # migration INFO lines
@@ -67,9 +69,17 @@ def seed(db: Path, points: int, keys: int) -> tuple[str, float]:
     uri = f"sqlite:///{db}"
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("memory", artifact_location=(db.parent / "artifacts").as_uri())
-    run_id = client.create_run(exp, start_time=T0_MS, run_name="long-run").info.run_id
-    steps = points // keys
     rng = np.random.default_rng(0)
+    for n in range(runs):
+        run_id = client.create_run(exp, start_time=T0_MS, run_name=f"long-run-{n}").info.run_id
+        last_ts = _seed_points(db, run_id, points // keys, keys, rng)
+        client.set_terminated(run_id, end_time=last_ts + 1000)
+    return time.perf_counter() - started
+
+
+def _seed_points(db: Path, run_id: str, steps: int, keys: int, rng: np.random.Generator) -> int:
+    """A run's points (``keys`` keys of ``steps`` steps) and latest values; returns its last
+    timestamp."""
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA synchronous=OFF")
     insert = (
@@ -102,8 +112,7 @@ def seed(db: Path, points: int, keys: int) -> tuple[str, float]:
             latest,
         )
     conn.close()
-    client.set_terminated(run_id, end_time=last_ts + 1000)
-    return run_id, time.perf_counter() - started
+    return last_ts
 
 
 @contextmanager
@@ -151,7 +160,8 @@ def count_points(db: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=5_000_000, help="metric points in the run")
+    parser.add_argument("--points", type=int, default=5_000_000, help="metric points a run")
+    parser.add_argument("--runs", type=int, default=1, help="runs, each with --points points")
     parser.add_argument("--keys", type=int, default=5, help="metric keys (points split evenly)")
     parser.add_argument("--limit-mb", type=float, default=500.0, help="peak RSS target (MB)")
     parser.add_argument("--work-dir", help="keep the stores and the archive here")
@@ -170,9 +180,13 @@ def main() -> None:
         (work / "src").mkdir()
         (work / "dst").mkdir()
         src, dst = work / "src" / "mlflow.db", work / "dst" / "mlflow.db"
-        points = args.points // args.keys * args.keys
-        print(f"seeding one run with {points:,} points ({args.keys} keys) ...", flush=True)
-        _, seed_s = seed(src, points, args.keys)
+        per_run = args.points // args.keys * args.keys
+        points = per_run * args.runs
+        print(
+            f"seeding {args.runs} run(s) with {per_run:,} points each ({args.keys} keys) ...",
+            flush=True,
+        )
+        seed_s = seed(src, per_run, args.keys, args.runs)
         print(f"seeded in {seed_s:.1f}s ({src.stat().st_size / 1e6:.0f} MB sqlite)", flush=True)
         archive = work / "memory.exim"
         pack_s, pack_mb = timed(
@@ -192,12 +206,14 @@ def main() -> None:
         print(f"\narchive: {archive.stat().st_size:,} bytes; points in target: {landed:,}")
         if landed != points:
             print(f"WARNING: target holds {landed:,} points, source {points:,}")
-        print(f"\n{'step':<10}{'seconds':>9}{'peak RSS MB':>13}{'target':>10}  result")
+        print(
+            f"\n{'step':<10}{'seconds':>9}{'µs/point':>10}{'peak RSS MB':>13}{'target':>10}  result"
+        )
         for name, secs, mb in rows:
             verdict = "PASS" if mb < args.limit_mb else "FAIL"
             print(
-                f"{name:<10}{secs:>9.1f}{mb:>13.0f}{'<' + format(args.limit_mb, 'g'):>10}  "
-                f"{verdict}"
+                f"{name:<10}{secs:>9.1f}{secs / points * 1e6:>10.2f}{mb:>13.0f}"
+                f"{'<' + format(args.limit_mb, 'g'):>10}  {verdict}"
             )
     finally:
         if not args.work_dir:

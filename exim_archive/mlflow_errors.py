@@ -30,6 +30,7 @@ __all__ = [
     "is_transient",
     "open_client",
     "scrub",
+    "skip_absent_databricks_probes",
 ]
 
 T = TypeVar("T")
@@ -137,6 +138,34 @@ _DATABASE_CONTENTION = (
 def disable_mlflow_retries() -> None:
     """Make retries ours (counted, bounded) unless the user configured MLflow's own."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+_DATABRICKS_PROBES = {
+    "IPython": ("IPython",),
+    "pyspark": ("pyspark", "pyspark.sql"),
+    "dbruntime": ("dbruntime", "dbruntime.databricks_repl_context"),
+}
+"""Package -> the modules MLflow 3.17's request-header providers import from it."""
+
+
+def skip_absent_databricks_probes() -> None:
+    """Make MLflow's per-request Databricks check cheap where Databricks cannot be.
+
+    Before every HTTP request MLflow's request-header providers ask whether they run in a
+    Databricks notebook, job or cluster by importing ``IPython``, ``pyspark`` and ``dbruntime``.
+    Where these are not installed each request searches ``sys.path`` for them again, under the
+    import locks: ~1 ms of CPU a request, and threads making requests queue on those locks (a
+    quarter of the samples of a pack over HTTP). The modules of a package that cannot be found
+    are entered as ``None`` in ``sys.modules``, which makes Python fail their import at once,
+    with no lock taken; installed packages are left alone, so the answer MLflow gets (not in
+    Databricks) is the same."""
+    import importlib.util
+    import sys
+
+    for package, modules in _DATABRICKS_PROBES.items():
+        if package not in sys.modules and importlib.util.find_spec(package) is None:
+            for name in modules:
+                sys.modules[name] = None  # type: ignore[assignment]
 
 
 class Caller:
@@ -325,6 +354,7 @@ def open_client(uri: str, call: Caller) -> Any:
     if uri_kind(uri) == "http":
         check_reachable(uri, call.where, call.error)
         disable_mlflow_retries()
+        skip_absent_databricks_probes()
     allow_file_store(uri)
     if uri_kind(uri) == "database":
         _quiet_database_retries()
