@@ -295,21 +295,29 @@ class SqlMetrics:
 
     def write(self, run_id: str, points: pa.Table) -> None:
         """Insert the run's points (those already there are skipped), then raise
-        ``latest_metrics`` to the newest point per key. Safe to repeat."""
+        ``latest_metrics`` to the newest point per key. Safe to repeat.
+
+        Points become Python objects :data:`WRITE_ROWS` at a time, one transaction each: a
+        whole slice at once cost ~12 MB per 50,000 points in every writer thread."""
         if not points.num_rows:
             return
-        keys, steps, stamps, values, nans = _sanitised(points)
-        _validate_keys(keys)
+        _validate_keys(pc.unique(points.column("key")).to_pylist())
         self._check_run(run_id)
-        if self.dialect == "postgresql":
-            self._insert_arrays(run_id, keys, steps, stamps, values, nans)
-        else:
-            insert = self._insert_skipping_existing()
-            rows = list(zip([run_id] * len(keys), keys, steps, stamps, values, nans, strict=True))
-            for chunk in _chunks(rows, WRITE_ROWS):
+        insert = None if self.dialect == "postgresql" else self._insert_skipping_existing()
+        newest: dict[str, tuple[int, int, float, bool]] = {}
+        for start in range(0, points.num_rows, WRITE_ROWS):
+            keys, steps, stamps, values, nans = _sanitised(points.slice(start, WRITE_ROWS))
+            if insert is None:
+                self._insert_arrays(run_id, keys, steps, stamps, values, nans)
+            else:
+                ids = [run_id] * len(keys)
+                rows = list(zip(ids, keys, steps, stamps, values, nans, strict=True))
                 with self.engine.begin() as conn:
-                    conn.exec_driver_sql(insert, list(chunk))
-        self._raise_latest(run_id, _newest(keys, steps, stamps, values, nans))
+                    conn.exec_driver_sql(insert, rows)
+            for key, point in _newest(keys, steps, stamps, values, nans).items():
+                if key not in newest or point[:3] > newest[key][:3]:  # the first of equals stays
+                    newest[key] = point
+        self._raise_latest(run_id, newest)
 
     def _insert_arrays(
         self,
