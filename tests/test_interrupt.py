@@ -17,14 +17,14 @@ from exim_archive import pack, unpack
 from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 
 RUNS = 24
-POINTS = 4_000
-"""Points per run: the stop has to land while runs are being filled."""
+POINTS = 8_000
+"""Points per run: the stop has to land while runs are being filled, which must take a while."""
 
 
 def _tagged(db: Path, key: str) -> int | None:
-    """Runs with the tag; None while the store cannot be read (locked by the writer, not there)."""
+    """Runs with the tag (waiting out the writer's short transactions); None if unreadable."""
     try:
-        with sqlite3.connect(db, timeout=1) as con:
+        with sqlite3.connect(db, timeout=10) as con:
             return int(con.execute("select count(*) from tags where key = ?", (key,)).fetchone()[0])
     except sqlite3.Error:
         return None
@@ -46,8 +46,8 @@ def _unpack_until_midway(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         incomplete = _tagged(db, INCOMPLETE_TAG)
-        if _tagged(db, SOURCE_RUN_TAG) == RUNS and incomplete is not None and incomplete < RUNS - 4:
-            break
+        if _tagged(db, SOURCE_RUN_TAG) == RUNS and incomplete and incomplete < RUNS - 4:
+            break  # every run created, some filled, some still being filled
         time.sleep(0.05)
     assert proc.poll() is None, "unpack finished before it could be stopped; use a bigger workload"
     return src, dst, proc
