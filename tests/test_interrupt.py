@@ -42,6 +42,9 @@ def _unpack_until_midway(
         [sys.executable, "-m", "exim_archive", "unpack", str(tmp_path / "a.exim"),
          "--tracking-uri", dst],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # A run started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and Python then never turns Ctrl-C into KeyboardInterrupt: give the child the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
