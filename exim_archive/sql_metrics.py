@@ -314,9 +314,7 @@ class SqlMetrics:
                 rows = list(zip(ids, keys, steps, stamps, values, nans, strict=True))
                 with self.engine.begin() as conn:
                     conn.exec_driver_sql(insert, rows)
-            for key, point in _newest(keys, steps, stamps, values, nans).items():
-                if key not in newest or point[:3] > newest[key][:3]:  # the first of equals stays
-                    newest[key] = point
+            _newest(keys, steps, stamps, values, nans, newest)
         self._raise_latest(run_id, newest)
 
     def _insert_arrays(
@@ -328,7 +326,7 @@ class SqlMetrics:
         values: list[float],
         nans: list[bool],
     ) -> None:
-        """PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays)`` per batch, six array
+        """PostgreSQL: one batch as one ``INSERT ... SELECT FROM unnest(arrays)``, six array
         parameters instead of one statement per row (the driver's executemany sends every row
         as its own statement: ~4x slower)."""
         q = self.reader.quoted
@@ -338,18 +336,8 @@ class SqlMetrics:
             "%s::text[], %s::bigint[], %s::bigint[], %s::float8[], %s::boolean[]"
             ") AS u(k, s, t, v, n) ON CONFLICT DO NOTHING"
         )
-        for start in range(0, len(keys), WRITE_ROWS):
-            end = start + WRITE_ROWS
-            params = (
-                run_id,
-                keys[start:end],
-                steps[start:end],
-                stamps[start:end],
-                values[start:end],
-                nans[start:end],
-            )
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(sql, params)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(sql, (run_id, keys, steps, stamps, values, nans))
 
     def _check_run(self, run_id: str) -> None:
         """Refuse, as MLflow does, points for a run that is missing or deleted."""
@@ -521,13 +509,17 @@ def _validate_keys(keys: list[str]) -> None:
 
 
 def _newest(
-    keys: list[str], steps: list[int], stamps: list[int], values: list[float], nans: list[bool]
-) -> dict[str, tuple[int, int, float, bool]]:
-    """Per key, the first point with the greatest (step, timestamp, stored value): what MLflow's
-    strictly-greater replacement leaves after logging the points in this order."""
-    best: dict[str, tuple[int, int, float, bool]] = {}
+    keys: list[str],
+    steps: list[int],
+    stamps: list[int],
+    values: list[float],
+    nans: list[bool],
+    best: dict[str, tuple[int, int, float, bool]],
+) -> None:
+    """Per key in ``best``, the first point with the greatest (step, timestamp, stored value):
+    what MLflow's strictly-greater replacement leaves after logging the points in this order.
+    ``best`` carries on from earlier batches of the same run."""
     for key, step, stamp, value, is_nan in zip(keys, steps, stamps, values, nans, strict=True):
         old = best.get(key)
         if old is None or (step, stamp, value) > old[:3]:
             best[key] = (step, stamp, value, is_nan)
-    return best
