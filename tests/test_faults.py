@@ -238,6 +238,8 @@ class _FlakyRule:
     def __init__(self) -> None:
         self.seen: set[tuple[str, str, bytes]] = set()
         self.lost: set[tuple[str, str]] = set()
+        self.eligible = 0  # distinct requests neither /health nor a lost reply
+        self.injected = 0  # rotation faults returned so far
         self.lock = threading.Lock()
 
     def __call__(self, req: Request) -> Fault | None:
@@ -248,17 +250,21 @@ class _FlakyRule:
             if signature in self.seen:
                 return None
             self.seen.add(signature)
-            index = len(self.seen)
+            if req.route == "/health":
+                return Fault.of(503)
             for method, prefix in _LOSE_FIRST:
                 first = (method, prefix) not in self.lost
                 if req.method == method and req.route.startswith(prefix) and first:
                     self.lost.add((method, prefix))
                     return LOSE_REPLY
-        if req.route == "/health":
-            return Fault.of(503)
-        if index % 3 == 0:
-            return _ROTATION[(index // 3) % len(_ROTATION)]
-        return None
+            # Counted apart from /health and lost replies, so that whichever requests the
+            # threads happen to send first, the first 8 rotation faults are all 8 kinds.
+            self.eligible += 1
+            if self.eligible % 3:
+                return None
+            fault = _ROTATION[self.injected % len(_ROTATION)]
+            self.injected += 1
+            return fault
 
 
 def _runs_per_experiment(uri: str, names: list[str]) -> dict[str, int]:
