@@ -8,11 +8,16 @@ and (on write) a latest-metric merge on every batch of them. On a database track
 :data:`TESTED_REVISIONS`, points go through the store's own SQLAlchemy engine instead, the two
 bulk statements straight to the driver's cursor:
 
-* read: ``SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics WHERE run_uuid IN
-  (...) ORDER BY run_uuid, key, step`` (the order of an index MLflow keeps), fetched in
-  partitions from a server-side cursor where the driver has one; NaN where ``is_nan``, every
-  other value exactly as stored (SQL stores already hold +/-inf as +/-DBL_MAX); only the keys
-  the run lists, as the API path reads;
+* read: ``SELECT run_uuid, key, COUNT(*) ... GROUP BY run_uuid, key ORDER BY run_uuid, key``
+  and, in the same read snapshot, ``SELECT step, timestamp, value, is_nan FROM metrics WHERE
+  run_uuid IN (...) ORDER BY run_uuid, key, step`` (the order of an index MLflow keeps): the
+  counts label the numeric rows, so no string is fetched per point (:mod:`.sql_columns`:
+  PostgreSQL's binary COPY through psycopg, numpy record arrays otherwise). Totals that
+  disagree (points written meanwhile) read the batch again, then with keys and run ids per row
+  (``ORDER BY run_uuid, key, step``), as MySQL/MariaDB always do (their default collations
+  group keys that differ in case). NaN where ``is_nan``, every other value exactly as stored
+  (SQL stores already hold +/-inf as +/-DBL_MAX); only the keys the run lists, as the API path
+  reads; a run that looks longer than :data:`LONG_RUN_POINTS` one key at a time;
 * write: points sanitised as MLflow's ``sanitize_metric_value`` does (NaN -> 0 with ``is_nan``,
   +/-inf -> +/-DBL_MAX), inserted in batches that skip rows already present (``ON CONFLICT DO
   NOTHING``; on MySQL/MariaDB a no-op ``ON DUPLICATE KEY UPDATE``, which unlike ``INSERT
@@ -39,10 +44,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import tables as T
+from .sql_columns import NUMERIC_COLUMNS, UnexpectedCopyData, fetch_points
 from .uri import redact_uri, uri_kind
 
 if TYPE_CHECKING:
@@ -192,16 +199,75 @@ class PointReader:
         out: dict[str, pa.Table | Iterator[pa.Table]] = {}
         short = [r for r in runs if size_hint(r) <= LONG_RUN_POINTS]
         for batch in _chunks(short, READ_RUNS):
-            out.update(_split(self._select([r.run_id for r in batch]), batch))
+            out.update(self._read_runs(batch))
         for run in runs:
             if run.run_id not in out:
                 out[run.run_id] = self._by_key(run)
         return out
 
+    def _read_runs(self, batch: Sequence[RunRecord]) -> dict[str, pa.Table]:
+        """The points of a batch of runs: numeric columns plus counts per run and key where
+        the rows can be told apart by those counts, else the rows with their strings."""
+        ids = [r.run_id for r in batch]
+        if self.dialect != "mysql":  # MySQL's default collations group 'Loss' with 'loss'
+            for _attempt in range(2):
+                counted = self._counted(ids)
+                if counted is not None:
+                    counts, points = counted
+                    return _assemble(counts, points, batch)
+            _log.info("metric points changed while read; reading them with their keys")
+        return _split(self._select(ids), batch)
+
+    def _counted(self, ids: Sequence[str]) -> tuple[list[tuple[str, str, int]], pa.Table] | None:
+        """``COUNT(*)`` per run and key, then only ``step, timestamp, value, is_nan`` of the
+        same rows in the same order (:mod:`.sql_columns`), both in one read snapshot where the
+        database offers one. None when the totals differ (points written meanwhile)."""
+        q = self.quoted
+        where = f"{q('run_uuid')} IN ({self.marks(len(ids))})"
+        order = f"ORDER BY {q('run_uuid', 'key')}"
+        count_sql = (
+            f"SELECT {q('run_uuid', 'key')}, COUNT(*) FROM {q('metrics')} WHERE {where} "
+            f"GROUP BY {q('run_uuid', 'key')} {order}"
+        )
+        rest = f"FROM {q('metrics')} WHERE {where} {order}, {q('step')}"
+        params = tuple(ids)
+        with self._connect() as raw, _snapshot(raw, self.dialect, self.driver):
+            cursor = raw.cursor()
+            try:
+                cursor.execute(count_sql, params)
+                counts = [(str(r), str(k), int(n)) for r, k, n in cursor.fetchall()]
+            finally:
+                cursor.close()
+            points = self._points(raw, rest, params)
+        self.rows_read += points.num_rows
+        if sum(n for _r, _k, n in counts) != points.num_rows:
+            return None
+        return counts, points
+
+    def _points(self, raw: Any, rest: str, params: tuple[str, ...]) -> pa.Table:
+        columns = self.quoted(*NUMERIC_COLUMNS)
+        try:
+            return fetch_points(raw, self.driver, self._streaming_cursor, columns, rest, params)
+        except UnexpectedCopyData as exc:  # a stream of another shape: fetch the rows instead
+            _log.info("binary COPY not usable (%s); fetching rows", exc)
+            raw.rollback()
+            return fetch_points(raw, "", self._streaming_cursor, columns, rest, params)
+
     def _by_key(self, run: RunRecord) -> Iterator[pa.Table]:
         for key in sorted(run.metric_keys, key=lambda k: k.encode("utf-8")):
-            table = self._select([run.run_id], key)
-            yield table.select(T.METRICS.schema.names).cast(T.METRIC_POINTS)
+            if self.dialect == "mysql":
+                table = self._select([run.run_id], key)
+                yield table.select(T.METRICS.schema.names).cast(T.METRIC_POINTS)
+                continue
+            q = self.quoted
+            rest = (
+                f"FROM {q('metrics')} WHERE {q('run_uuid')} = {self.marks(1)} "
+                f"AND {q('key')} = {self.marks(1)} ORDER BY {q('step')}"
+            )
+            with self._connect() as raw:
+                points = self._points(raw, rest, (run.run_id, key))
+            self.rows_read += points.num_rows
+            yield _labelled(run.run_id, [(key, points.num_rows)], points)
 
     def count(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Stored points per run and key (the table's key makes each stored point distinct)."""
@@ -447,6 +513,77 @@ def _rows_table(rows: Sequence[Any]) -> pa.Table:
             is_nan,
         ],
         schema=_RAW,
+    )
+
+
+@contextmanager
+def _snapshot(raw: Any, dialect: str, driver: str) -> Iterator[None]:
+    """One read snapshot for the statements inside, where the connection can start one now:
+    a deferred transaction on SQLite, REPEATABLE READ on an idle PostgreSQL connection."""
+    if dialect == "sqlite":
+        began = not raw.in_transaction
+        if began:
+            raw.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if began:
+                raw.rollback()
+        return
+    idle = False
+    if dialect == "postgresql" and not getattr(raw, "autocommit", False):
+        if driver == "psycopg":
+            idle = raw.info.transaction_status == 0  # pq.TransactionStatus.IDLE
+        elif driver == "psycopg2":
+            idle = raw.get_transaction_status() == 0  # extensions.TRANSACTION_STATUS_IDLE
+    if idle:
+        cursor = raw.cursor()
+        try:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        finally:
+            cursor.close()
+    yield
+
+
+def _assemble(
+    counts: list[tuple[str, str, int]], points: pa.Table, runs: Sequence[RunRecord]
+) -> dict[str, pa.Table]:
+    """Per run: its rows of the listed keys, labelled by the counts (in the rows' order)."""
+    segments: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    offset = 0
+    for run_id, key, n in counts:
+        segments[run_id].append((key, offset, n))
+        offset += n
+    out: dict[str, pa.Table] = {}
+    for run in runs:
+        listed = set(run.metric_keys)
+        mine = [seg for seg in segments.get(run.run_id, []) if seg[0] in listed]
+        if not mine:
+            out[run.run_id] = _empty()
+            continue
+        ranges: list[list[int]] = []  # adjacent segments read as one slice
+        for _key, start, n in mine:
+            if ranges and ranges[-1][1] == start:
+                ranges[-1][1] = start + n
+            else:
+                ranges.append([start, start + n])
+        rows = pa.concat_tables([points.slice(a, b - a) for a, b in ranges])
+        out[run.run_id] = _labelled(run.run_id, [(k, n) for k, _s, n in mine], rows)
+    return out
+
+
+def _labelled(run_id: str, keys: list[tuple[str, int]], points: pa.Table) -> pa.Table:
+    """``points`` (step, timestamp, value) with run id and key columns: ``keys`` gives each
+    key's number of rows, in the rows' order."""
+    sizes = np.array([n for _k, n in keys], dtype=np.int64)
+    which = np.repeat(np.arange(len(keys), dtype=np.int32), sizes)
+    key = pc.take(pa.array([k for k, _n in keys], pa.string()), pa.array(which))
+    run = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(len(which), dtype=np.int32)), pa.array([run_id], pa.string())
+    )
+    return pa.Table.from_arrays(
+        [run, key, points.column("step"), points.column("timestamp"), points.column("value")],
+        schema=T.METRIC_POINTS,
     )
 
 

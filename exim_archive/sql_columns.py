@@ -1,0 +1,146 @@
+"""Metric point columns of a SELECT straight into Arrow, without a Python object per value
+where the driver allows it (the read path of :mod:`.sql_metrics`).
+
+The bulk read selects only ``step, timestamp, value, is_nan``: four fixed-width columns, no
+strings (run ids and keys come from a separate ``COUNT(*)`` per run and key; see
+:meth:`.sql_metrics.PointReader.read`). With psycopg (3) the rows arrive as ``COPY (SELECT ...)
+TO STDOUT (FORMAT BINARY)``, whose tuples then all have one size (43 bytes) and are parsed as
+one numpy record array per block of :data:`PARTITION_ROWS`; other drivers fetch rows in
+partitions of the same size, each turned into a record array in one call. Either way the
+result is a table of ``step, timestamp, value, is_nan`` with NaN put back where ``is_nan``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["NUMERIC_COLUMNS", "PARTITION_ROWS", "POINTS", "UnexpectedCopyData", "fetch_points"]
+
+NUMERIC_COLUMNS = ("step", "timestamp", "value", "is_nan")
+PARTITION_ROWS = 50_000
+POINTS = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("timestamp", pa.int64()),
+        ("value", pa.float64()),
+        ("is_nan", pa.bool_()),
+    ]
+)
+_ROW = np.dtype([("step", "<i8"), ("timestamp", "<i8"), ("value", "<f8"), ("is_nan", "<i8")])
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("step_len", ">i4"),
+        ("step", ">i8"),
+        ("timestamp_len", ">i4"),
+        ("timestamp", ">i8"),
+        ("value_len", ">i4"),
+        ("value", ">f8"),
+        ("is_nan_len", ">i4"),
+        ("is_nan", "u1"),
+    ]
+)
+"""One tuple of the binary COPY format for (int8, int8, float8, bool), none NULL."""
+_COPY_LENGTHS = (("step_len", 8), ("timestamp_len", 8), ("value_len", 8), ("is_nan_len", 1))
+
+
+class UnexpectedCopyData(Exception):
+    """The COPY stream is not the fixed-width tuples asked for (the caller reads another way)."""
+
+
+def _table(step: Any, timestamp: Any, value: Any, is_nan: Any) -> pa.Table:
+    nan = pa.array(np.ascontiguousarray(is_nan, dtype=bool))
+    values = pa.array(np.ascontiguousarray(value, dtype="<f8"))
+    if pc.any(nan).as_py():
+        values = pc.if_else(nan, pa.scalar(math.nan, pa.float64()), values)
+    return pa.table(
+        [
+            pa.array(np.ascontiguousarray(step, dtype="<i8")),
+            pa.array(np.ascontiguousarray(timestamp, dtype="<i8")),
+            values,
+            nan,
+        ],
+        schema=POINTS,
+    )
+
+
+def fetch_points(
+    raw: Any,
+    driver: str,
+    open_cursor: Callable[[Any], Any],
+    columns: str,
+    rest: str,
+    params: tuple[Any, ...],
+) -> pa.Table:
+    """All rows of ``SELECT {columns} {rest}`` as one table, ``columns`` being
+    :data:`NUMERIC_COLUMNS` quoted and ``rest`` the ``FROM ... WHERE ... ORDER BY ...``.
+
+    ``raw`` is the DB-API connection, ``open_cursor(raw)`` the cursor for a row-by-row read."""
+    if driver == "psycopg":
+        parts = list(_copy_binary(raw, rest, params))
+    else:
+        parts = list(_fetched(open_cursor(raw), f"SELECT {columns} {rest}", params))
+    return pa.concat_tables(parts) if parts else POINTS.empty_table()
+
+
+def _fetched(cursor: Any, sql: str, params: tuple[Any, ...]) -> Iterator[pa.Table]:
+    try:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(PARTITION_ROWS):
+            rec = np.array(rows, dtype=_ROW)
+            yield _table(rec["step"], rec["timestamp"], rec["value"], rec["is_nan"] != 0)
+    finally:
+        cursor.close()
+
+
+def _copy_binary(raw: Any, rest: str, params: tuple[Any, ...]) -> Iterator[pa.Table]:
+    """The rows through psycopg's COPY (parameters merged client-side), in partitions parsed
+    with numpy. The casts pin the wire types whatever the column types are."""
+    statement = (
+        'COPY (SELECT CAST("step" AS int8), CAST("timestamp" AS int8), '
+        f'CAST("value" AS float8), CAST("is_nan" AS bool) {rest}) TO STDOUT (FORMAT BINARY)'
+    )
+    block = PARTITION_ROWS * _COPY_ROW.itemsize
+    pending = bytearray()
+    header_done = False
+    with raw.cursor() as cursor, cursor.copy(statement, params) as copy:
+        for data in copy:
+            pending += data
+            if not header_done:
+                if len(pending) < 19:
+                    continue
+                if bytes(pending[:11]) != _SIGNATURE:
+                    raise UnexpectedCopyData("not a binary COPY stream")
+                extension = int.from_bytes(pending[15:19], "big")
+                if len(pending) < 19 + extension:
+                    continue
+                del pending[: 19 + extension]
+                header_done = True
+            if len(pending) >= block + 2:
+                whole = (len(pending) - 2) // _COPY_ROW.itemsize * _COPY_ROW.itemsize
+                yield _parse(bytes(pending[:whole]))
+                del pending[:whole]
+    if not header_done or bytes(pending[-2:]) != b"\xff\xff":
+        raise UnexpectedCopyData("binary COPY stream without its trailer")
+    del pending[-2:]
+    if pending:
+        yield _parse(bytes(pending))
+
+
+def _parse(data: bytes) -> pa.Table:
+    if len(data) % _COPY_ROW.itemsize:
+        raise UnexpectedCopyData("binary COPY tuples of another size than expected")
+    rec = np.frombuffer(data, dtype=_COPY_ROW)
+    if not (rec["fields"] == 4).all():
+        raise UnexpectedCopyData("binary COPY tuples with another number of fields")
+    for name, size in _COPY_LENGTHS:
+        if not (rec[name] == size).all():
+            raise UnexpectedCopyData(f"binary COPY field {name[:-4]} of another size")
+    return _table(rec["step"], rec["timestamp"], rec["value"], rec["is_nan"] != 0)
