@@ -363,28 +363,30 @@ class SqlMetrics:
         """Insert the run's points (those already there are skipped), then raise
         ``latest_metrics`` to the newest point per key. Safe to repeat.
 
-        Points become Python objects :data:`WRITE_ROWS` at a time, one transaction each: a
-        whole slice at once cost ~12 MB per 50,000 points in every writer thread."""
+        Points become Python objects :data:`WRITE_ROWS` at a time (a whole slice at once cost
+        ~12 MB per 50,000 points in every writer thread), all in one transaction: a commit per
+        batch was a tenth of an unpack into SQLite (each one a sync to disk)."""
         if not points.num_rows:
             return
         _validate_keys(pc.unique(points.column("key")).to_pylist())
         self._check_run(run_id)
         insert = None if self.dialect == "postgresql" else self._insert_skipping_existing()
         newest: dict[str, tuple[int, int, float, bool]] = {}
-        for start in range(0, points.num_rows, WRITE_ROWS):
-            keys, steps, stamps, values, nans = _sanitised(points.slice(start, WRITE_ROWS))
-            if insert is None:
-                self._insert_arrays(run_id, keys, steps, stamps, values, nans)
-            else:
-                ids = [run_id] * len(keys)
-                rows = list(zip(ids, keys, steps, stamps, values, nans, strict=True))
-                with self.engine.begin() as conn:
+        with self.engine.begin() as conn:
+            for start in range(0, points.num_rows, WRITE_ROWS):
+                keys, steps, stamps, values, nans = _sanitised(points.slice(start, WRITE_ROWS))
+                if insert is None:
+                    self._insert_arrays(conn, run_id, keys, steps, stamps, values, nans)
+                else:
+                    ids = [run_id] * len(keys)
+                    rows = list(zip(ids, keys, steps, stamps, values, nans, strict=True))
                     conn.exec_driver_sql(insert, rows)
-            _newest(keys, steps, stamps, values, nans, newest)
+                _newest(keys, steps, stamps, values, nans, newest)
         self._raise_latest(run_id, newest)
 
     def _insert_arrays(
         self,
+        conn: sa.Connection,
         run_id: str,
         keys: list[str],
         steps: list[int],
@@ -402,8 +404,7 @@ class SqlMetrics:
             "%s::text[], %s::bigint[], %s::bigint[], %s::float8[], %s::boolean[]"
             ") AS u(k, s, t, v, n) ON CONFLICT DO NOTHING"
         )
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(sql, (run_id, keys, steps, stamps, values, nans))
+        conn.exec_driver_sql(sql, (run_id, keys, steps, stamps, values, nans))
 
     def _check_run(self, run_id: str) -> None:
         """Refuse, as MLflow does, points for a run that is missing or deleted."""
@@ -629,7 +630,7 @@ def _sanitised(
     value = pc.if_else(pc.equal(value, math.inf), pa.scalar(DBL_MAX, pa.float64()), value)
     value = pc.if_else(pc.equal(value, -math.inf), pa.scalar(-DBL_MAX, pa.float64()), value)
     return (
-        points.column("key").to_pylist(),
+        T.pylist(points.column("key")),
         points.column("step").to_pylist(),
         points.column("timestamp").to_pylist(),
         value.to_pylist(),

@@ -285,11 +285,12 @@ class _Unpacker:
             target = by_source[run.experiment_id]
             return run.run_id, self.sink.create_run(target.experiment_id, run, self.run_tags(run))
 
-        for source_id, new_id in ordered_map(create, to_create, self.workers):
+        writers = 1 if self.sink.one_writer else self.workers
+        for source_id, new_id in ordered_map(create, to_create, writers):
             self.run_ids[source_id] = new_id
             self.report.runs_created += 1
         bar = Progress("unpack", len(todo), enabled=self.progress)
-        for points in ordered_map(self.fill, self._with_metrics(todo, existing), self.workers):
+        for points in ordered_map(self.fill, self._with_metrics(todo, existing), writers):
             self.report.metric_points += points
             bar.advance()
         bar.close()

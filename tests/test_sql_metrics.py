@@ -431,3 +431,12 @@ def test_unpack_into_db_matches_the_api_path(
         ref_id = ref_report.id_map["runs"][source_id]
         assert _latest(db_uri, target_id) == _latest(reference, ref_id)
         assert _history(db_uri, target_id) == _history(reference, ref_id)
+
+
+def test_pylist_decodes_dictionary_columns_as_arrow_does() -> None:
+    """The writers' fast decoding of dictionary-encoded keys gives Arrow's own values."""
+    words = pa.array(["loss", "acc", "ü", "loss", "acc"]).dictionary_encode()
+    with_null = pa.array(["a", None, "b"]).dictionary_encode()
+    chunked = pa.chunked_array([words, words.slice(2)])
+    for column in (words, words.slice(1, 3), with_null, chunked, pa.array([1, 2, 3])):
+        assert T.pylist(column) == column.to_pylist()
