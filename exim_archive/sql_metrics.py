@@ -19,12 +19,13 @@ bulk statements straight to the driver's cursor:
   (SQL stores already hold +/-inf as +/-DBL_MAX); only the keys the run lists, as the API path
   reads; a run that looks longer than :data:`LONG_RUN_POINTS` one key at a time;
 * write: points sanitised as MLflow's ``sanitize_metric_value`` does (NaN -> 0 with ``is_nan``,
-  +/-inf -> +/-DBL_MAX), inserted in batches that skip rows already present (``ON CONFLICT DO
-  NOTHING``; on MySQL/MariaDB a no-op ``ON DUPLICATE KEY UPDATE``, which unlike ``INSERT
-  IGNORE`` keeps strict mode's errors), then ``latest_metrics`` raised per key to the first
-  point with the greatest (step, timestamp, stored value), as
-  ``_update_latest_metrics_if_necessary`` leaves it. Every write is idempotent: a resumed
-  unpack may send the same points again.
+  +/-inf -> +/-DBL_MAX); on PostgreSQL through psycopg first by ``COPY ... FROM STDIN`` (one
+  transaction per slice; a point already there fails it whole), else inserted in batches that
+  skip rows already present (``ON CONFLICT DO NOTHING``; on MySQL/MariaDB a no-op ``ON
+  DUPLICATE KEY UPDATE``, which unlike ``INSERT IGNORE`` keeps strict mode's errors), then
+  ``latest_metrics`` raised per key to the first point with the greatest (step, timestamp,
+  stored value), as ``_update_latest_metrics_if_necessary`` leaves it. Every write is
+  idempotent: a resumed unpack may send the same points again.
 
 Any other revision, or none readable, means MLflow's API (slower) and a note saying so. Set
 ``EXIM_NO_SQL_FAST_PATH=1`` to use MLflow's API always (benchmarks, or a suspected problem).
@@ -370,8 +371,16 @@ class SqlMetrics:
             return
         _validate_keys(pc.unique(points.column("key")).to_pylist())
         self._check_run(run_id)
-        insert = None if self.dialect == "postgresql" else self._insert_skipping_existing()
         newest: dict[str, tuple[int, int, float, bool]] = {}
+        if self.engine.dialect.driver == "psycopg":
+            try:
+                self._write_copy(run_id, points, newest)
+            except _unique_violation():  # points already there (a resumed run): skip them
+                newest.clear()
+            else:
+                self._raise_latest(run_id, newest)
+                return
+        insert = None if self.dialect == "postgresql" else self._insert_skipping_existing()
         with self.engine.begin() as conn:
             for start in range(0, points.num_rows, WRITE_ROWS):
                 keys, steps, stamps, values, nans = _sanitised(points.slice(start, WRITE_ROWS))
@@ -383,6 +392,23 @@ class SqlMetrics:
                     conn.exec_driver_sql(insert, rows)
                 _newest(keys, steps, stamps, values, nans, newest)
         self._raise_latest(run_id, newest)
+
+    def _write_copy(
+        self, run_id: str, points: pa.Table, newest: dict[str, tuple[int, int, float, bool]]
+    ) -> None:
+        """PostgreSQL through psycopg: the points by ``COPY ... FROM STDIN``, all or none (one
+        transaction); a third less time than ``INSERT ... ON CONFLICT``, but a point already
+        there fails it with a unique violation (the caller then inserts, skipping those)."""
+        q = self.reader.quoted
+        sql = f"COPY {q('metrics')} ({q(*_COLUMNS)}) FROM STDIN"
+        with self.engine.begin() as conn:
+            raw: Any = conn.connection.dbapi_connection
+            for start in range(0, points.num_rows, WRITE_ROWS):
+                keys, steps, stamps, values, nans = _sanitised(points.slice(start, WRITE_ROWS))
+                with raw.cursor() as cursor, cursor.copy(sql) as copy:
+                    for row in zip(itertools.repeat(run_id), keys, steps, stamps, values, nans):
+                        copy.write_row(row)
+                _newest(keys, steps, stamps, values, nans, newest)
 
     def _insert_arrays(
         self,
@@ -618,6 +644,13 @@ def _split(table: pa.Table, runs: Sequence[RunRecord]) -> dict[str, pa.Table]:
             got = got.filter(pc.is_in(got.column("key"), pa.array(sorted(listed), pa.string())))
         out[run.run_id] = got.cast(T.METRIC_POINTS)
     return out
+
+
+def _unique_violation() -> type[Exception]:
+    """psycopg's unique-violation error, imported only where psycopg writes."""
+    from psycopg.errors import UniqueViolation
+
+    return UniqueViolation
 
 
 def _sanitised(

@@ -350,6 +350,18 @@ def test_sql_write_equals_api_write_and_is_idempotent(
     monkeypatch.delenv(sql_metrics.DISABLE_ENV)
     assert sql_writes == []
 
+    copies: list[bool] = []  # PostgreSQL: whether each COPY went in (no point already there)
+    real_copy = sql_metrics.SqlMetrics._write_copy
+
+    def copy_spy(self: sql_metrics.SqlMetrics, *args: Any) -> None:
+        try:
+            real_copy(self, *args)
+        except Exception:
+            copies.append(False)
+            raise
+        copies.append(True)
+
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "_write_copy", copy_spy)
     sink = MlflowSink(db_uri)
     half = points.num_rows // 2
     sink.log_metrics(sql_run, points.slice(0, half))  # an unpack killed half way...
@@ -369,6 +381,8 @@ def test_sql_write_equals_api_write_and_is_idempotent(
     assert _count(db_uri, "latest_metrics", sql_run) == len(latest)
     assert _history(db_uri, sql_run) == _history(db_uri, api_run)
     assert _latest(db_uri, sql_run) == _latest(db_uri, api_run)
+    # COPY for new points; a unique violation then the skipping INSERT for points already there
+    assert copies == ([True, False, False, False] if db_uri.startswith("postgresql") else [])
 
 
 def test_sql_write_refuses_a_deleted_run(db_uri: str) -> None:
