@@ -60,6 +60,7 @@ DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Issue 4 targets. "at least": baseline/exim >= target (faster, smaller); "within": exim/baseline
 # <= target (exim against a floor); "at most": the exim value itself <= target.
 AT_LEAST, WITHIN, AT_MOST = "at least", "within", "at most"
+UNPACK_WORKERS = 4  # exim_archive.unpack.unpack's default, which the CLI uses
 TARGETS: dict[str, tuple[str, float]] = {
     "pack http": (AT_LEAST, 5.0),
     "pack sqlite": (AT_LEAST, 30.0),
@@ -68,6 +69,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "floor sqlite": (WITHIN, 3.0),
     "floor postgresql": (WITHIN, 3.0),
     "unpack http": (AT_LEAST, 3.0),
+    "ceiling http": (WITHIN, 1.5),
     "unpack sqlite": (AT_LEAST, 10.0),
     "unpack postgresql": (AT_LEAST, 10.0),
     "size": (AT_LEAST, 10.0),
@@ -725,6 +727,26 @@ def http_floor(ctx: Context, url: str) -> tuple[float, dict[str, float]]:
     return seconds, json.loads(report.read_text())
 
 
+def bare_log_batch(uri: str, points: int, threads: int) -> tuple[float, int]:
+    """The server's write ceiling: seconds to send ``points`` metric points as MLflow client
+    ``log_batch`` calls of 1,000 (10 keys), ``threads`` at a time, into throwaway runs of
+    10,000 points; nothing else (no params, tags, artifacts, no read-back). Returns (s, calls)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(f"bare-log-batch-{uuid.uuid4().hex[:8]}")
+    per_run = 10_000
+    batches: list[tuple[str, list[Metric]]] = []
+    for start in range(0, points, per_run):
+        run_id = client.create_run(exp).info.run_id
+        n = min(per_run, points - start)
+        metrics = [Metric(f"m{i % 10}", i * 0.5, 1_700_000_000_000 + i, i // 10) for i in range(n)]
+        batches += [(run_id, metrics[i : i + 1000]) for i in range(0, n, 1000)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for fut in [pool.submit(client.log_batch, r, metrics=m) for r, m in batches]:
+            fut.result()
+    return time.perf_counter() - started, len(batches)
+
+
 def metrics_table_bytes(ctx: Context, exim: list[str], archive: Path) -> int:
     proc = subprocess.run(
         [*exim, "inspect", str(archive), "--json"],
@@ -781,7 +803,7 @@ def run_benchmark(ctx: Context) -> Results:
     old_pack_label, old_unpack_label = "old export-experiment, http", "old import-experiment, http"
 
     new: dict[str, float | None] = dict.fromkeys(TARGETS)
-    floors: dict[str, float | None] = {"http": None, "sqlite": None, "postgresql": None}
+    floors: dict[str, float | None] = dict.fromkeys(("http", "sqlite", "postgresql", "http write"))
     if exim:
         archive = work / "bench.exim"
         new["pack http"] = new_pack(ctx, exim, source.uri, archive, "exim pack http")
@@ -810,6 +832,11 @@ def run_benchmark(ctx: Context) -> Results:
         results.problems += compare(
             "exim http", expected, summarize(rest[0].uri, wl.experiment_names)
         )
+        # the same number of points as bare log_batch calls, into the old tool's target server
+        ceiling, calls = bare_log_batch(old_target.uri, wl.metric_points, UNPACK_WORKERS)
+        log(f"server write ceiling (bare log_batch, {UNPACK_WORKERS} threads): {ceiling:.2f}s")
+        floors["http write"] = ceiling
+        results.floors["http write"] = {"seconds": ceiling, "log_batch_calls": calls}
         sqlite_uri = f"sqlite:///{sqlite_target / 'mlflow.db'}"
         new["unpack sqlite"] = new_unpack(
             ctx, exim, archive, sqlite_uri, "exim unpack sqlite", sqlite_target
@@ -842,6 +869,13 @@ def run_benchmark(ctx: Context) -> Results:
             "SQL read + Parquet",
         ),
         Row("unpack http", "s", old_unpack_s, new["unpack http"], old_unpack_label),
+        Row(
+            "ceiling http",
+            "s",
+            floors["http write"],
+            new["unpack http"],
+            "bare log_batch of the points",
+        ),
         Row("unpack sqlite", "s", old_unpack_s, new["unpack sqlite"], old_unpack_label),
         Row("unpack postgresql", "s", old_unpack_s, new["unpack postgresql"], old_unpack_label),
         Row("size", "bytes", old_bytes, new["size"], "old export folders"),

@@ -27,12 +27,17 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
-from run_bench import QUIET_ENV, launch_server, stop_server, wait_healthy, warm_up
+from run_bench import (
+    QUIET_ENV,
+    UNPACK_WORKERS,
+    bare_log_batch,
+    launch_server,
+    stop_server,
+    wait_healthy,
+    warm_up,
+)
 
 from exim_archive.histories import HistoryReader
 from exim_archive.pool import ordered_map
@@ -42,26 +47,6 @@ from exim_archive.source import MlflowSource
 from exim_archive.summary import inspect_archive
 from exim_archive.unpack import unpack
 from exim_archive.verify import verify
-
-UNPACK_WORKERS = 4  # exim_archive.unpack.unpack's default, which the CLI uses
-
-
-def bare_log_batch(uri: str, points: int, threads: int) -> tuple[float, int]:
-    """Seconds to send ``points`` metric points as log_batch calls of 1000; returns (s, calls)."""
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("bare-log-batch")
-    per_run = 10_000
-    batches: list[tuple[str, list[Metric]]] = []
-    for start in range(0, points, per_run):
-        run_id = client.create_run(exp).info.run_id
-        n = min(per_run, points - start)
-        metrics = [Metric(f"m{i % 10}", i * 0.5, 1_700_000_000_000 + i, i // 10) for i in range(n)]
-        batches += [(run_id, metrics[i : i + 1000]) for i in range(0, n, 1000)]
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for fut in [pool.submit(client.log_batch, r, metrics=m) for r, m in batches]:
-            fut.result()
-    return time.perf_counter() - started, len(batches)
 
 
 def proof_parts(uri: str) -> dict[str, float]:
