@@ -667,6 +667,7 @@ class Context:
         self, label: str, cmd: list[str], tracking_uri: str, log_name: str, cwd: Path | None = None
     ) -> float:
         env = {**base_env(), "MLFLOW_TRACKING_URI": tracking_uri}
+        os.sync()  # untimed: the last step's dirty pages are not flushed during this one
         return run_timed(label, cmd, env, self.work / "logs" / log_name, cwd)
 
     def cleanup(self) -> None:
@@ -845,11 +846,6 @@ def run_benchmark(ctx: Context) -> Results:
         results.problems += compare(
             "exim http", expected, summarize(rest[0].uri, wl.experiment_names)
         )
-        # the same number of points as bare log_batch calls, into the old tool's target server
-        ceiling, calls = bare_log_batch(old_target.uri, wl.metric_points, UNPACK_WORKERS)
-        log(f"server write ceiling (bare log_batch, {UNPACK_WORKERS} threads): {ceiling:.2f}s")
-        floors["http write"] = ceiling
-        results.floors["http write"] = {"seconds": ceiling, "log_batch_calls": calls}
         sqlite_uri = f"sqlite:///{sqlite_target / 'mlflow.db'}"
         new["unpack sqlite"] = new_unpack(
             ctx, exim, archive, sqlite_uri, "exim unpack sqlite", sqlite_target
@@ -864,6 +860,12 @@ def run_benchmark(ctx: Context) -> Results:
             results.problems += compare(
                 "exim postgresql", expected, summarize(pg_target, wl.experiment_names)
             )
+        # last (it leaves 800k fresh rows to flush): the same number of points as bare
+        # log_batch calls, into the old tool's target server
+        ceiling, calls = bare_log_batch(old_target.uri, wl.metric_points, UNPACK_WORKERS)
+        log(f"server write ceiling (bare log_batch, {UNPACK_WORKERS} threads): {ceiling:.2f}s")
+        floors["http write"] = ceiling
+        results.floors["http write"] = {"seconds": ceiling, "log_batch_calls": calls}
         results.bytes_per_point["archive"] = new["size"] / wl.metric_points
         results.bytes_per_point["metrics_table"] = new["bytes/point"]
     results.bytes_per_point["old_export"] = old_bytes / wl.metric_points
