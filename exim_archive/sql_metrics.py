@@ -87,6 +87,9 @@ _KEYS_PER_QUERY = 500
 _COLUMNS = ("run_uuid", "key", "step", "timestamp", "value", "is_nan")
 DBL_MAX = 1.7976931348623157e308
 
+_Newest = dict[str, tuple[int, int, float, bool]]
+"""Per metric key: (step, timestamp, stored value, is_nan) of the point ``latest_metrics`` keeps."""
+
 _log = logging.getLogger(__name__)
 _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
@@ -371,44 +374,66 @@ class SqlMetrics:
             return
         _validate_keys(pc.unique(points.column("key")).to_pylist())
         self._check_run(run_id)
-        newest: dict[str, tuple[int, int, float, bool]] = {}
+        newest = None
         if self.engine.dialect.driver == "psycopg":
             try:
-                self._write_copy(run_id, points, newest)
+                newest = self._write_copy(run_id, points)
             except _unique_violation():  # points already there (a resumed run): skip them
-                newest.clear()
-            else:
-                self._raise_latest(run_id, newest)
-                return
-        insert = None if self.dialect == "postgresql" else self._insert_skipping_existing()
-        with self.engine.begin() as conn:
-            for start in range(0, points.num_rows, WRITE_ROWS):
-                keys, steps, stamps, values, nans = _sanitised(points.slice(start, WRITE_ROWS))
-                if insert is None:
-                    self._insert_arrays(conn, run_id, keys, steps, stamps, values, nans)
-                else:
-                    ids = [run_id] * len(keys)
-                    rows = list(zip(ids, keys, steps, stamps, values, nans, strict=True))
-                    conn.exec_driver_sql(insert, rows)
-                _newest(keys, steps, stamps, values, nans, newest)
+                newest = None
+        if newest is None:
+            put = self._insert_arrays if self.dialect == "postgresql" else self._insert_rows
+            newest = self._write_batches(run_id, points, put)
         self._raise_latest(run_id, newest)
 
-    def _write_copy(
-        self, run_id: str, points: pa.Table, newest: dict[str, tuple[int, int, float, bool]]
-    ) -> None:
+    def _write_copy(self, run_id: str, points: pa.Table) -> _Newest:
         """PostgreSQL through psycopg: the points by ``COPY ... FROM STDIN``, all or none (one
         transaction); a third less time than ``INSERT ... ON CONFLICT``, but a point already
         there fails it with a unique violation (the caller then inserts, skipping those)."""
+        return self._write_batches(run_id, points, self._copy_batch)
+
+    def _write_batches(self, run_id: str, points: pa.Table, put: Callable[..., None]) -> _Newest:
+        """The points sanitised :data:`WRITE_ROWS` at a time, each batch handed to
+        ``put(conn, run_id, keys, steps, stamps, values, nans)``, all in one transaction; returns
+        the newest point per key (see :func:`_newest`)."""
+        newest: _Newest = {}
+        with self.engine.begin() as conn:
+            for start in range(0, points.num_rows, WRITE_ROWS):
+                batch = _sanitised(points.slice(start, WRITE_ROWS))
+                put(conn, run_id, *batch)
+                _newest(*batch, newest)
+        return newest
+
+    def _copy_batch(
+        self,
+        conn: sa.Connection,
+        run_id: str,
+        keys: list[str],
+        steps: list[int],
+        stamps: list[int],
+        values: list[float],
+        nans: list[bool],
+    ) -> None:
         q = self.reader.quoted
         sql = f"COPY {q('metrics')} ({q(*_COLUMNS)}) FROM STDIN"
-        with self.engine.begin() as conn:
-            raw: Any = conn.connection.dbapi_connection
-            for start in range(0, points.num_rows, WRITE_ROWS):
-                keys, steps, stamps, values, nans = _sanitised(points.slice(start, WRITE_ROWS))
-                with raw.cursor() as cursor, cursor.copy(sql) as copy:
-                    for row in zip(itertools.repeat(run_id), keys, steps, stamps, values, nans):
-                        copy.write_row(row)
-                _newest(keys, steps, stamps, values, nans, newest)
+        raw: Any = conn.connection.dbapi_connection
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in zip(itertools.repeat(run_id), keys, steps, stamps, values, nans):
+                copy.write_row(row)
+
+    def _insert_rows(
+        self,
+        conn: sa.Connection,
+        run_id: str,
+        keys: list[str],
+        steps: list[int],
+        stamps: list[int],
+        values: list[float],
+        nans: list[bool],
+    ) -> None:
+        """SQLite and MySQL/MariaDB: one batch through the driver's executemany."""
+        ids = [run_id] * len(keys)
+        rows = list(zip(ids, keys, steps, stamps, values, nans, strict=True))
+        conn.exec_driver_sql(self._insert_skipping_existing(), rows)
 
     def _insert_arrays(
         self,

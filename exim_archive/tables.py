@@ -172,26 +172,6 @@ METRICS = TableSpec(
 RUN_ID_DICT = pa.dictionary(pa.int32(), pa.string())
 """Run ids in memory: dictionary-encoded (4 bytes a point instead of ~36; a history has one)."""
 METRIC_POINTS = METRICS.schema.set(0, pa.field("run_id", RUN_ID_DICT, nullable=False))
-
-
-def pylist(column: pa.Array | pa.ChunkedArray) -> list[Any]:
-    """A column's values as Python objects; a dictionary-encoded one decoded through its
-    dictionary (Arrow's own ``to_pylist`` spends ~1 µs a value on those: a second per 800,000
-    metric keys written)."""
-    out: list[Any] = []
-    if not pa.types.is_dictionary(column.type):
-        out.extend(column.to_pylist())
-        return out
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    for chunk in chunks:
-        if chunk.null_count:
-            out.extend(chunk.to_pylist())
-            continue
-        words = chunk.dictionary.to_pylist()
-        out.extend([words[i] for i in chunk.indices.to_numpy(zero_copy_only=False).tolist()])
-    return out
-
-
 """Metric points as sources hand them to the bundle writer: the ``metrics`` columns with run ids
 dictionary-encoded (the writer writes them as plain strings)."""
 ARTIFACTS = TableSpec(
@@ -518,3 +498,21 @@ def schema_to_json() -> dict[str, object]:
             for spec in TABLES.values()
         },
     }
+
+
+def pylist(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """A column's values as Python objects; a dictionary-encoded one decoded through its
+    dictionary (Arrow's own ``to_pylist`` spends ~1 µs a value on those: a second per 800,000
+    metric keys written)."""
+    out: list[Any] = []
+    if not pa.types.is_dictionary(column.type):
+        out.extend(column.to_pylist())
+        return out
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        if chunk.null_count:
+            out.extend(chunk.to_pylist())
+            continue
+        words = chunk.dictionary.to_pylist()
+        out.extend([words[i] for i in chunk.indices.to_numpy(zero_copy_only=False).tolist()])
+    return out

@@ -353,13 +353,14 @@ def test_sql_write_equals_api_write_and_is_idempotent(
     copies: list[bool] = []  # PostgreSQL: whether each COPY went in (no point already there)
     real_copy = sql_metrics.SqlMetrics._write_copy
 
-    def copy_spy(self: sql_metrics.SqlMetrics, *args: Any) -> None:
+    def copy_spy(self: sql_metrics.SqlMetrics, *args: Any) -> Any:
         try:
-            real_copy(self, *args)
+            newest = real_copy(self, *args)
         except Exception:
             copies.append(False)
             raise
         copies.append(True)
+        return newest
 
     monkeypatch.setattr(sql_metrics.SqlMetrics, "_write_copy", copy_spy)
     sink = MlflowSink(db_uri)
