@@ -10,6 +10,8 @@ Four ways in, best first:
   run's latest step so they stay under that, and a reply that reaches it is thrown away and read
   again per run;
 * anything else, or after a bulk failure: ``get_metric_history`` per run and key (paged by MLflow).
+  A server that does not offer the bulk endpoint (404, 405 or 501 on it: a proxy that passes
+  only ``/api/``, another implementation of the REST API) is read this way from then on.
 
 A run whose histories look longer than :data:`PAGED_RUN_POINTS` (by its latest steps) is read
 lazily, one key at a time, in pages of :data:`HISTORY_PAGE` points (``get_metric_history`` with
@@ -43,6 +45,9 @@ BULK_MAX_RUNS = 100
 _BULK_TARGET_ROWS = 20_000
 _BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 _HISTORY_ENDPOINT = "/api/2.0/mlflow/metrics/get-history"
+_ABSENT = frozenset({404, 405, 501})
+"""Statuses on the bulk endpoint that mean the server does not offer it: read per run instead
+(an MLflow error there, such as an unknown run, is then reported by the per-run read)."""
 HISTORY_PAGE = 100_000
 """Points per ``get_metric_history`` page when a long run is read key by key."""
 PAGED_RUN_POINTS = 250_000
@@ -133,6 +138,7 @@ class HistoryReader:
         if token:
             params["page_token"] = token
         body = self._get_json(_HISTORY_ENDPOINT, params)
+        assert body is not None  # no status is taken as absent here
         metrics = body.get("metrics", [])
         # proto JSON: int64 may come as strings, NaN and infinities as "NaN" / "Infinity"
         table = _points_table(
@@ -189,7 +195,7 @@ class HistoryReader:
     def _fetch(self, task: tuple[str, list[RunRecord]]) -> tuple[str, dict[str, pa.Table]]:
         key, batch = task
         got: dict[str, pa.Table] | None = None
-        if len(batch) > 1 or self._store_bulk is not None:
+        if self._store_bulk is not None or (self._http and len(batch) > 1):
             got = self._bulk(key, batch)
         if got is None:
             got = {run.run_id: self._key_table(run.run_id, key) for run in batch}
@@ -227,13 +233,20 @@ class HistoryReader:
         return {run_id: _points_table(run_id, key, *cols) for run_id, cols in columns.items()}
 
     def _http_bulk(self, run_ids: list[str], key: str) -> list[dict[str, Any]] | None:
+        """The bulk endpoint's points, or None where the server does not offer it."""
         params = {"run_id": run_ids, "metric_key": key, "max_results": BULK_ROW_CAP}
-        metrics: list[dict[str, Any]] = self._get_json(_BULK_ENDPOINT, params).get("metrics", [])
+        body = self._get_json(_BULK_ENDPOINT, params, absent=_ABSENT)
+        if body is None:
+            return None
+        metrics: list[dict[str, Any]] = body.get("metrics", [])
         return metrics
 
-    def _get_json(self, endpoint: str, params: dict[str, Any]) -> dict[str, Any]:
-        """One GET to the server, its JSON reply parsed (no MLflow objects); a status other than
-        200 raises ``requests.HTTPError``, which the caller's retry rule classifies."""
+    def _get_json(
+        self, endpoint: str, params: dict[str, Any], absent: frozenset[int] = frozenset()
+    ) -> dict[str, Any] | None:
+        """One GET to the server, its JSON reply parsed (no MLflow objects); None for a status
+        in ``absent``; any other status but 200 raises ``requests.HTTPError``, which the
+        caller's retry rule classifies."""
         import requests
         from mlflow.utils.rest_utils import http_request
 
@@ -241,6 +254,8 @@ class HistoryReader:
         resp = http_request(
             store.get_host_creds(), endpoint, "GET", params=params, raise_on_status=False
         )
+        if resp.status_code in absent:
+            return None
         if resp.status_code != 200:
             raise requests.HTTPError(f"HTTP {resp.status_code} from {endpoint}", response=resp)
         body: dict[str, Any] = resp.json()

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from conftest import MlflowServer, NewStore
+from faultproxy import Fault, FaultProxy, Request
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -45,6 +46,34 @@ def test_http_bulk_cap_falls_back_per_run(source_server: MlflowServer, unique: s
         table = tables[run.run_id]
         assert table.filter(pc.equal(table["key"], "m")).num_rows == 15_000
     assert sum(t.num_rows for t in tables.values()) == 2 * 15_000 + 2 > BULK_ROW_CAP
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("status", [404, 405, 501])
+def test_server_without_the_bulk_endpoint_is_read_per_run(
+    source_server: MlflowServer, unique: str, status: int
+) -> None:
+    # A proxy that passes only /api/ (or another REST implementation): the bulk endpoint is
+    # missing, which is no error; every history is read per run instead, complete.
+    _log(source_server.url, f"{unique} no bulk", runs=6, points=40, step_of=None)
+
+    def rule(req: Request) -> Fault | None:
+        missing = req.route.endswith("/get-history-bulk")
+        return Fault.of(status, json_body=False) if missing else None
+
+    with FaultProxy(source_server.url, rule) as proxy:
+        source = MlflowSource(proxy.url)
+        runs = source.runs([e.experiment_id for e in source.experiments([f"{unique} no bulk"])])
+        reader = HistoryReader(source, workers=2)
+        tables = reader.read(runs)
+        bulk = proxy.requests("/get-history-bulk")
+        per_run = proxy.requests("/metrics/get-history?")
+    assert 1 <= len(bulk) <= 2, bulk  # at most one per worker before the reader stops asking
+    assert reader.bulk_calls == 0 and len(per_run) == 6 * 2
+    assert sorted(t.num_rows for t in tables.values()) == [41] * 6
+    for table in tables.values():
+        m = table.filter(pc.equal(table["key"], "m"))
+        assert m["value"].to_pylist() == [float(i) for i in range(40)]
 
 
 def test_database_bulk_reads_everything(
