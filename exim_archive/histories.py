@@ -33,7 +33,7 @@ import pyarrow as pa
 from . import tables as T
 from .pool import ordered_map
 from .records import RunRecord
-from .sql_metrics import SqlMetrics, open_fast_path, size_hint
+from .sql_metrics import SqlMetrics, open_fast_path
 
 if TYPE_CHECKING:
     from .source import MlflowSource
@@ -80,7 +80,7 @@ class HistoryReader:
             return self.source.call(
                 f"reading the metric points of {len(runs)} runs", partial(self._sql.read, runs)
             )
-        long = {r.run_id for r in runs if size_hint(r) > PAGED_RUN_POINTS}
+        long = {r.run_id for r in runs if r.size_hint > PAGED_RUN_POINTS}
         short = [r for r in runs if r.run_id not in long]
         points: dict[tuple[str, str], pa.Table] = {}
         tasks = list(self._tasks(short))

@@ -30,7 +30,6 @@ from .pool import in_background, ordered_map
 from .progress import Progress
 from .records import RunRecord
 from .source import MlflowSource
-from .sql_metrics import size_hint
 from .sql_source import SqlSource, open_sql_source
 from .uri import resolve_tracking_uri
 
@@ -84,7 +83,7 @@ def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
     chunk: list[RunRecord] = []
     points = 0
     for run in runs:
-        size = size_hint(run)
+        size = run.size_hint
         if chunk and (len(chunk) >= CHUNK_RUNS or points + size > CHUNK_POINTS):
             yield chunk
             chunk, points = [], 0

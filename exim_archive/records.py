@@ -77,6 +77,11 @@ class RunRecord:
     def deleted(self) -> bool:
         return self.lifecycle_stage == "deleted"
 
+    @property
+    def size_hint(self) -> int:
+        """Points the run's histories hold if steps count up from 0 (its latest step per key)."""
+        return sum(max(1, step + 1) for step in self.metric_last_steps)
+
 
 @dataclass(frozen=True)
 class ArtifactRecord:

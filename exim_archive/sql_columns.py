@@ -1,9 +1,9 @@
 """Metric point columns of a SELECT straight into Arrow, without a Python object per value
-where the driver allows it (the read path of :mod:`.sql_metrics`).
+where the driver allows it (:mod:`.sql_point_reader`'s bulk read).
 
 The bulk read selects only ``step, timestamp, value, is_nan``: four fixed-width columns, no
 strings (run ids and keys come from a separate ``COUNT(*)`` per run and key; see
-:meth:`.sql_metrics.PointReader.read`). With psycopg (3) the rows arrive as ``COPY (SELECT ...)
+:meth:`.sql_point_reader.PointReader.read`). With psycopg (3) the rows arrive as ``COPY (SELECT ...)
 TO STDOUT (FORMAT BINARY)``, whose tuples then all have one size (43 bytes) and are parsed as
 one numpy record array per block of :data:`PARTITION_ROWS`; other drivers fetch rows in
 partitions of the same size, each turned into a record array in one call. Either way the

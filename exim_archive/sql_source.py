@@ -35,7 +35,8 @@ from .errors import SourceError
 from .manifest import canonical_json
 from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
-from .sql_metrics import PointReader, disabled, revisions_tested
+from .sql_metrics import disabled, revisions_tested
+from .sql_point_reader import PointReader
 from .uri import redact_uri
 
 __all__ = ["DRIVERS", "SqlSource", "open_sql_source"]
@@ -399,7 +400,7 @@ class SqlSource:
     def metric_histories(
         self, runs: list[RunRecord], workers: int
     ) -> dict[str, pa.Table | Iterator[pa.Table]]:
-        """Every point of every listed metric of the runs (:class:`.sql_metrics.PointReader`)."""
+        """Every point of every listed metric of the runs (:class:`.PointReader`)."""
         return self.call(
             f"reading the metric points of {len(runs)} runs", partial(self.db.points.read, runs)
         )

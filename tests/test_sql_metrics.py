@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from mlflow.store.tracking.dbmodels.models import SqlLatestMetric
 from workload import T0, seed_rich, snapshot
 
-from exim_archive import pack, sql_columns, sql_metrics, unpack
+from exim_archive import pack, sql_columns, sql_metrics, sql_point_reader, sql_point_writer, unpack
 from exim_archive import tables as T
 from exim_archive.histories import HistoryReader
 from exim_archive.sink import MlflowSink
@@ -50,10 +50,10 @@ def db_uri(request: pytest.FixtureRequest, new_sqlite: NewStore) -> str:
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny IN lists, partitions and insert batches, so every boundary is crossed."""
-    monkeypatch.setattr(sql_metrics, "READ_RUNS", 2)
-    monkeypatch.setattr(sql_metrics, "READ_ROWS", 5)
+    monkeypatch.setattr(sql_point_reader, "READ_RUNS", 2)
+    monkeypatch.setattr(sql_point_reader, "READ_ROWS", 5)
     monkeypatch.setattr(sql_columns, "PARTITION_ROWS", 5)
-    monkeypatch.setattr(sql_metrics, "WRITE_ROWS", 7)
+    monkeypatch.setattr(sql_point_writer, "WRITE_ROWS", 7)
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_counts_and_rows_that_disagree_are_read_again(
     runs = source.runs([e.experiment_id for e in source.experiments(None)])
     _reader, want = _read(source, runs)
     calls: dict[tuple[Any, ...], int] = defaultdict(int)  # per statement and parameters
-    real = sql_metrics.fetch_points
+    real = sql_point_reader.fetch_points
 
     def lossy(*args: Any) -> pa.Table:
         table = real(*args)
@@ -260,7 +260,7 @@ def test_counts_and_rows_that_disagree_are_read_again(
         calls[args[3:]] += 1
         return table.slice(1) if calls[args[3:]] <= short_reads and table.num_rows else table
 
-    monkeypatch.setattr(sql_metrics, "fetch_points", lossy)
+    monkeypatch.setattr(sql_point_reader, "fetch_points", lossy)
     _reader, got = _read(source, runs)
     assert _sorted(got) == _sorted(want)
     assert set(calls.values()) == (set() if db_uri.startswith("mysql") else {2})
@@ -279,7 +279,7 @@ def test_postgres_counts_and_rows_share_one_snapshot(
     source = MlflowSource(postgres_uri)
     runs = source.runs([exp])
     calls: list[int] = []
-    real = sql_metrics.fetch_points
+    real = sql_point_reader.fetch_points
 
     def late_write(*args: Any) -> pa.Table:
         if not calls:  # another connection commits a point after the count was taken
@@ -288,7 +288,7 @@ def test_postgres_counts_and_rows_share_one_snapshot(
         calls.append(table.num_rows)
         return table
 
-    monkeypatch.setattr(sql_metrics, "fetch_points", late_write)
+    monkeypatch.setattr(sql_point_reader, "fetch_points", late_write)
     _reader, got = _read(source, runs)
     assert calls == [100] and got[run_id].num_rows == 100
     assert len(c.get_metric_history(run_id, "m")) == 101
@@ -351,9 +351,9 @@ def test_sql_write_equals_api_write_and_is_idempotent(
     assert sql_writes == []
 
     copies: list[bool] = []  # PostgreSQL: whether each COPY went in (no point already there)
-    real_copy = sql_metrics.SqlMetrics._write_copy
+    real_copy = sql_point_writer.PointWriter._write_copy
 
-    def copy_spy(self: sql_metrics.SqlMetrics, *args: Any) -> Any:
+    def copy_spy(self: sql_point_writer.PointWriter, *args: Any) -> Any:
         try:
             newest = real_copy(self, *args)
         except Exception:
@@ -362,7 +362,7 @@ def test_sql_write_equals_api_write_and_is_idempotent(
         copies.append(True)
         return newest
 
-    monkeypatch.setattr(sql_metrics.SqlMetrics, "_write_copy", copy_spy)
+    monkeypatch.setattr(sql_point_writer.PointWriter, "_write_copy", copy_spy)
     sink = MlflowSink(db_uri)
     half = points.num_rows // 2
     sink.log_metrics(sql_run, points.slice(0, half))  # an unpack killed half way...
