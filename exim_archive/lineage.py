@@ -19,6 +19,7 @@ from typing import Any
 from .records import ExperimentRecord, RunRecord
 
 __all__ = [
+    "BOOKKEEPING_PREFIX",
     "INCOMPLETE_TAG",
     "PREFIX",
     "SOURCE_RUN_TAG",
@@ -28,9 +29,12 @@ __all__ = [
 ]
 
 PREFIX = "mlflow_exim"
-SOURCE_RUN_TAG = f"{PREFIX}.unpack.source_run_id"
+BOOKKEEPING_PREFIX = f"{PREFIX}.unpack."
+"""Tags by which unpack recognises its own objects; an archive packed from an earlier unpack's
+target carries that unpack's, which this unpack replaces (spec/1.0/unpack.md §3, §8)."""
+SOURCE_RUN_TAG = f"{BOOKKEEPING_PREFIX}source_run_id"
 """On every unpacked run: the source run id. How a re-run recognises what is already there."""
-INCOMPLETE_TAG = f"{PREFIX}.unpack.incomplete"
+INCOMPLETE_TAG = f"{BOOKKEEPING_PREFIX}incomplete"
 """On a run while unpack writes it; removed as the run's last write."""
 
 _EXPERIMENT_FIELDS = (

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from .bundle_reader import ArchiveReader
 from .errors import TargetError
 from .histories import HistoryReader
-from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
+from .lineage import BOOKKEEPING_PREFIX, INCOMPLETE_TAG, PREFIX, SOURCE_RUN_TAG
 from .pool import ordered_map
 from .records import RunRecord
 from .sink import KEY_LIMIT, PARAM_VALUE_LIMIT, RUN_TAG_VALUE_LIMIT, MlflowSink, RunContents
@@ -108,8 +108,10 @@ def check_run(
         if got.params.get(key) != _expected_value(value, PARAM_VALUE_LIMIT):
             report.add(f"{label}: param {key!r} is missing or differs")
     for key, value in run.tags:
-        if len(key) > KEY_LIMIT:
-            continue
+        if len(key) > KEY_LIMIT or key.startswith(BOOKKEEPING_PREFIX):
+            continue  # bookkeeping: this unpack's own values (the copy was found by them)
+        if key.startswith(f"{PREFIX}.") and key in got.tags:
+            continue  # an earlier unpack's lineage tag: this one's lineage may replace it
         want = (
             run_ids.get(value, value)
             if key == _PARENT

@@ -128,6 +128,39 @@ def test_sqlite_round_trip_with_source_tags(tmp_path: Path, new_sqlite: NewStore
                 assert tags[f"mlflow_exim.mlflow_tag.{key[len('mlflow.') :]}"] == value
 
 
+@pytest.mark.parametrize("lineage_c", [False, True])
+def test_archive_of_an_unpacked_store_unpacks_again(
+    tmp_path: Path, new_sqlite: NewStore, lineage_c: bool
+) -> None:
+    """A -> B -> C: B's runs carry the first unpack's mlflow_exim.* tags into the second
+    archive. C's bookkeeping names B's runs; C's lineage (if on) names B, else B's tags naming A
+    are kept as they are; the proof passes, and a second unpack into C creates nothing."""
+    a, b, c = new_sqlite("a"), new_sqlite("b"), new_sqlite("c")
+    names = seed_rich(a, "chain", tmp_path / "art")
+    pack(tmp_path / "ab.exim", tracking_uri=a)
+    first = unpack(tmp_path / "ab.exim", tracking_uri=b, import_source_tags=True)
+    second_pack = pack(tmp_path / "bc.exim", tracking_uri=b)
+    second = unpack(tmp_path / "bc.exim", tracking_uri=c, import_source_tags=lineage_c)
+    assert snapshot(c, names) == snapshot(a, names)
+    assert second.runs_created == first.runs_created > 0
+    b_of_a = first.id_map["runs"]
+    digest_ab = dict(MlflowClient(b).get_run(next(iter(b_of_a.values()))).data.tags)[
+        "mlflow_exim.archive.digest"
+    ]
+    target = MlflowClient(c)
+    for a_id, b_id in b_of_a.items():
+        tags = target.get_run(second.id_map["runs"][b_id]).data.tags
+        assert tags[SOURCE_RUN_TAG] == b_id and INCOMPLETE_TAG not in tags
+        hop = b_id if lineage_c else a_id
+        assert tags["mlflow_exim.run_info.run_id"] == hop
+        digest = second_pack.digest if lineage_c else digest_ab
+        assert tags["mlflow_exim.archive.digest"] == digest
+    code = main(["verify", str(tmp_path / "bc.exim"), "--against", c])
+    assert code == 0
+    again = unpack(tmp_path / "bc.exim", tracking_uri=c, import_source_tags=lineage_c)
+    assert again.runs_created == 0 and again.runs_already_complete == second.runs_created
+
+
 @pytest.mark.parametrize("source_tags", [False, True])
 def test_repeated_unpack_creates_nothing_twice(
     tmp_path: Path, new_sqlite: NewStore, source_tags: bool
