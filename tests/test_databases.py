@@ -46,6 +46,23 @@ def test_sqlite_to_postgres_keeps_unicode_and_long_values(
     assert snapshot(postgres_uri, names) == snapshot(src, names)
 
 
+def test_postgres_through_psycopg2_both_ways(
+    tmp_path: Path, new_sqlite: NewStore, postgres_uri: str
+) -> None:
+    """``postgresql+psycopg2://`` (SQLAlchemy 2.0's default driver): MLflow's store for runs,
+    direct SQL for metric points, on unpack and on pack."""
+    pg2 = postgres_uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    src = new_sqlite("src")
+    names = seed_rich(src, "p2", tmp_path / "art")
+    pack(tmp_path / "a.exim", tracking_uri=src)
+    report = unpack(tmp_path / "a.exim", tracking_uri=pg2)
+    assert report.notes == [] and snapshot(pg2, names) == snapshot(src, names)
+    pack(tmp_path / "b.exim", tracking_uri=pg2)
+    back = new_sqlite("back")
+    unpack(tmp_path / "b.exim", tracking_uri=back)
+    assert snapshot(back, names) == snapshot(src, names)
+
+
 def test_families_postgres_to_mariadb_and_back(
     tmp_path: Path, postgres_uri: str, mysql_uri: str
 ) -> None:

@@ -30,6 +30,7 @@ from exim_archive.source import MlflowSource
 BACKENDS = [
     "sqlite",
     pytest.param("postgres", marks=pytest.mark.database),
+    pytest.param("postgres-psycopg2", marks=pytest.mark.database),  # SQLAlchemy 2.0's default
     pytest.param("mariadb", marks=pytest.mark.database),
 ]
 UNTESTED = "0123456789ab"
@@ -41,8 +42,10 @@ def db_uri(request: pytest.FixtureRequest, new_sqlite: NewStore) -> str:
     """A fresh, empty database of each kind."""
     if request.param == "sqlite":
         return new_sqlite("db")
-    name = "postgres_uri" if request.param == "postgres" else "mysql_uri"
+    name = "mysql_uri" if request.param == "mariadb" else "postgres_uri"
     uri: str = request.getfixturevalue(name)
+    if request.param == "postgres-psycopg2":
+        uri = _psycopg2(uri)
     MlflowClient(uri).search_experiments()  # runs MLflow's migrations
     return uri
 
@@ -266,18 +269,28 @@ def test_counts_and_rows_that_disagree_are_read_again(
     assert set(calls.values()) == (set() if db_uri.startswith("mysql") else {2})
 
 
+def _psycopg2(uri: str) -> str:
+    """The same PostgreSQL database through psycopg2 (what ``postgresql://`` meant before
+    SQLAlchemy 2.1, and what many servers' URIs still name)."""
+    return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
 @pytest.mark.database
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 def test_postgres_counts_and_rows_share_one_snapshot(
-    postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+    postgres_uri: str, monkeypatch: pytest.MonkeyPatch, driver: str
 ) -> None:
     """A point committed between the count and the rows is in neither (REPEATABLE READ): the
     first read is consistent and nothing is read twice."""
+    if driver == "psycopg2":
+        postgres_uri = _psycopg2(postgres_uri)
     c = MlflowClient(postgres_uri)
     exp = c.create_experiment("snapshot")
     run_id = c.create_run(exp, start_time=T0).info.run_id
     c.log_batch(run_id, metrics=[Metric("m", float(i), T0 + i, i) for i in range(100)])
     source = MlflowSource(postgres_uri)
     runs = source.runs([exp])
+    assert source.client._tracking_client.store.engine.dialect.driver == driver
     calls: list[int] = []
     real = sql_point_reader.fetch_points
 
@@ -383,7 +396,7 @@ def test_sql_write_equals_api_write_and_is_idempotent(
     assert _history(db_uri, sql_run) == _history(db_uri, api_run)
     assert _latest(db_uri, sql_run) == _latest(db_uri, api_run)
     # COPY for new points; a unique violation then the skipping INSERT for points already there
-    assert copies == ([True, False, False, False] if db_uri.startswith("postgresql") else [])
+    assert copies == ([True, False, False, False] if db_uri.startswith("postgresql://") else [])
 
 
 def test_sql_write_refuses_a_deleted_run(db_uri: str) -> None:
