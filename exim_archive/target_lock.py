@@ -3,8 +3,10 @@
 MLflow offers one atomic "create if absent" that can also be removed for good: registering a
 model name. ``unpack`` holds the registered model :data:`LOCK_NAME` while it writes; a second
 unpack waits for it. The holder refreshes a heartbeat tag; a lock whose heartbeat is older than
-:data:`STALE_AFTER` seconds (its holder was killed) is taken over. Where the target has no model
-registry, unpack goes on without the lock and says so.
+:data:`STALE_AFTER` seconds (its holder was killed) is taken over. A lock whose ``process`` tag
+names a process of this machine (same Linux boot and PID namespace) that no longer runs is taken
+over at once: an unpack killed here and run again does not wait for the heartbeat to age. Where
+the target has no model registry, unpack goes on without the lock and says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from .errors import TargetError
 from .sink import MlflowSink
@@ -58,7 +61,11 @@ class TargetLock:
             try:
                 self.sink.client.create_registered_model(
                     LOCK_NAME,
-                    tags={"owner": self.owner, "heartbeat": str(time.time())},
+                    tags={
+                        "owner": self.owner,
+                        "heartbeat": str(time.time()),
+                        **({"process": f"{_MACHINE}/{os.getpid()}"} if _MACHINE else {}),
+                    },
                     description="held by exim-archive unpack while it writes; removed when done",
                 )
                 return True
@@ -89,8 +96,11 @@ class TargetLock:
             if tags is None:
                 continue
             age = time.time() - float(tags.get("heartbeat", "0") or 0)
-            if age > STALE_AFTER:
+            dead = _gone(tags.get("process", ""))
+            if age > STALE_AFTER or dead:
                 if self._tags() == tags:  # still the stale holder's: take it over
+                    if dead:
+                        self.say(f"taking over the unpack lock of {tags.get('owner')}: gone")
                     self._delete()
                 continue
             if not waited:
@@ -148,3 +158,37 @@ def _no_registry(exc: TargetError) -> bool:
     """Whether a failure means the target has no model registry (so: no lock to take)."""
     text = exc.message
     return any(code in text for code in ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "404"))
+
+
+def _machine() -> str | None:
+    """This process's machine as the kernel knows it: boot id and PID namespace (Linux only;
+    containers sharing a host name have their own PID namespaces)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}/{namespace}"
+
+
+_MACHINE = _machine()
+"""A lock's ``process`` tag: this, a slash, then the holder's PID."""
+
+
+def _gone(process: str) -> bool:
+    """Whether a lock's ``process`` tag names a process of this machine that no longer runs
+    (or is a zombie). Unknown, elsewhere, or alive: False, and the heartbeat decides."""
+    machine, _, pid = process.rpartition("/")
+    if not _MACHINE or machine != _MACHINE or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: it exists
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # ended between the two looks
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]

@@ -3,6 +3,7 @@ target ends identical to a clean unpack, with no duplicate and no half-written r
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -10,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import NewStore
 from workload import count_runs, seed_bulk, snapshot
 
-from exim_archive import pack, unpack
+from exim_archive import pack, target_lock, unpack
 from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 
 RUNS = 24
@@ -56,13 +58,16 @@ def _unpack_until_midway(
     return src, dst, proc
 
 
-def _rerun_finishes(tmp_path: Path, src: str, dst: str) -> None:
-    report = unpack(tmp_path / "a.exim", tracking_uri=dst)
+def _rerun_finishes(tmp_path: Path, src: str, dst: str) -> list[str]:
+    """Run the unpack again; returns what it said (about the lock)."""
+    said: list[str] = []
+    report = unpack(tmp_path / "a.exim", tracking_uri=dst, say=said.append)
     assert report.runs_created + report.runs_resumed + report.runs_already_complete == RUNS
     assert report.runs_resumed > 0
     assert _tagged(tmp_path / "dst.db", INCOMPLETE_TAG) == 0
     assert count_runs(dst) == count_runs(src) == RUNS
     assert snapshot(dst, ["bulk"]) == snapshot(src, ["bulk"])
+    return said
 
 
 def test_killed_unpack_is_finished_by_running_it_again(
@@ -74,7 +79,11 @@ def test_killed_unpack_is_finished_by_running_it_again(
     assert (_tagged(tmp_path / "dst.db", INCOMPLETE_TAG) or 0) > 0, (
         "the kill left nothing to resume"
     )
-    _rerun_finishes(tmp_path, src, dst)
+    said = _rerun_finishes(tmp_path, src, dst)
+    # The killed unpack's lock names a process of this machine that is gone: taken over at
+    # once, not after its heartbeat goes stale (STALE_AFTER, 120 s).
+    assert len(said) == 1 and said[0].startswith("taking over the unpack lock of "), said
+    assert f":{proc.pid}:" in said[0] and said[0].endswith(": gone"), said
 
 
 def test_ctrl_c_stops_promptly_and_a_rerun_completes(tmp_path: Path, new_sqlite: NewStore) -> None:
@@ -86,3 +95,23 @@ def test_ctrl_c_stops_promptly_and_a_rerun_completes(tmp_path: Path, new_sqlite:
     err = proc.stderr.read() if proc.stderr else ""
     assert code == 130 and "error: interrupted" in err and "Traceback" not in err, err
     _rerun_finishes(tmp_path, src, dst)
+
+
+def test_a_lock_holder_is_gone_only_if_its_process_here_has_ended() -> None:
+    here = target_lock._machine()
+    if here is None:
+        pytest.skip("no /proc: only the heartbeat decides on this system")
+    assert not target_lock._gone(f"{here}/{os.getpid()}")  # alive
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "child never exited"
+            time.sleep(0.01)
+        assert target_lock._gone(f"{here}/{child.pid}")  # ended, not yet reaped: a zombie
+    finally:
+        child.wait()
+    assert target_lock._gone(f"{here}/{child.pid}")  # ended and reaped
+    assert not target_lock._gone(f"another-boot/pid:[1]/{child.pid}")  # another machine
+    assert not target_lock._gone("")  # a lock taken where there is no /proc
+    assert not target_lock._gone(f"{here}/not-a-pid")
