@@ -26,6 +26,7 @@ from .artifact_roots import ArtifactRoots
 from .bundle_writer import ArchiveWriter, check_destination
 from .errors import UsageError
 from .families import PackScope
+from .lineage import INCOMPLETE_TAG
 from .pool import in_background, ordered_map
 from .progress import Progress
 from .records import RunRecord
@@ -76,6 +77,18 @@ CHUNK_POINTS = 2_000_000
 CHUNK_RUNS = 500
 PREFETCH_RUNS = 64
 """Runs whose artifact files may be downloaded ahead of the run being written (over HTTP)."""
+
+
+def _note_unfinished(runs: list[RunRecord], notes: list[str]) -> None:
+    """Say so when the source holds runs an unpack was still writing (the source is itself an
+    unpack's target): they are packed as they are, possibly partial."""
+    unfinished = [run.run_id for run in runs if dict(run.tags).get(INCOMPLETE_TAG)]
+    if unfinished:
+        notes.append(
+            f"{len(unfinished)} run(s) (first: {unfinished[0]}) carry {INCOMPLETE_TAG}: an unpack "
+            "into this source was writing them or was stopped; they are packed as they are, "
+            "possibly partial (finish that unpack, then pack again)"
+        )
 
 
 def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
@@ -170,6 +183,7 @@ def pack(
         families = not isinstance(source, SqlSource) or source.families_present()
         selected = source.experiments(experiments or None)
         runs = source.runs([e.experiment_id for e in selected])
+        _note_unfinished(runs, source.notes)
         writer = ArchiveWriter(
             archive,
             created_at=_created_at(),
