@@ -291,12 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, EOFError):
         _say("error: aborted")
         return 1
+    except typer.TyperException as exc:  # a usage error, from the Click that Typer carries
+        ctx = getattr(exc, "ctx", None)
+        helping = f"{ctx.command_path} --help" if ctx is not None else "exim-archive --help"
+        _say(f"error: {exc.format_message()} (see '{helping}')")
+        return int(getattr(exc, "exit_code", 2))
     except Exception as exc:  # the CLI boundary: nothing escapes as a bare traceback
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
         if _state["debug"]:
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""

@@ -53,6 +53,22 @@ def test_every_command_has_help_and_is_in_the_readme(command: str) -> None:
     assert re.search(rf"exim-archive {command}\b", readme), f"README never shows {command}"
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["pack", "a.exim", "--bogus"], "No such option: --bogus (see '{prog} pack --help')"),
+        (["pack"], "Missing argument 'archive'. (see '{prog} pack --help')"),
+        (["frob"], "No such command 'frob'. (see '{prog} --help')"),
+        (["unpack", "a.exim", "--json=yes"], "Option '--json' does not take a value."),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(args: list[str], says: str) -> None:
+    proc = _run(*args)
+    line = _one_error_line(proc)
+    says = says.format(prog="python -m exim_archive")  # the name it was run by
+    assert proc.returncode == 2 and says in line and "internal error" not in line, line
+
+
 def test_missing_archive(tmp_path: Path) -> None:
     for command in ("verify", "inspect", "unpack"):
         extra = ["--tracking-uri", f"sqlite:///{tmp_path / 't.db'}"] if command == "unpack" else []
