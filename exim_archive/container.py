@@ -323,7 +323,7 @@ class _ZipContainer(Container):
                     f"has {tail_len - found - _EOCD.size} bytes after its end-of-central-directory "
                     "record (a ZIP comment or appended data)"
                 )
-            raise self._fail("has no end-of-central-directory record at its end: it is truncated")
+            raise self._fail("has no end-of-central-directory record at its end")
         if head != _LOCAL_SIG:
             if head == _EOCD_SIG:
                 raise self._fail(

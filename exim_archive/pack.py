@@ -175,7 +175,7 @@ def pack(
     check_destination(archive, overwrite)
     uri = resolve_tracking_uri(tracking_uri)
     roots = ArtifactRoots(artifacts_destination)
-    MlflowSource.check_sqlite_file(uri)
+    MlflowSource.check_exists(uri)
     source: MlflowSource | SqlSource = open_sql_source(uri, roots) or MlflowSource(
         uri, artifact_roots=roots
     )

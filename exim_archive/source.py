@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pyarrow as pa
 from google.protobuf.json_format import MessageToDict
@@ -68,19 +70,32 @@ class MlflowSource:
         self.notes: list[str] = []
         self._histories: HistoryReader | None = None
         self.artifact_roots = artifact_roots or ArtifactRoots()
-        self.check_sqlite_file(tracking_uri)
+        self.check_exists(tracking_uri, error)
         self.client = open_client(tracking_uri, self.call)
 
     @staticmethod
-    def check_sqlite_file(uri: str) -> None:
-        """MLflow would create a missing sqlite file: a source must exist."""
+    def check_exists(uri: str, error: type[ArchiveError] = SourceError) -> None:
+        """MLflow would create a missing sqlite file, or a file store in a missing or empty
+        folder: what is read must exist."""
         if uri.startswith("sqlite:"):
             path = uri.split("///", 1)[-1] if "///" in uri else ""
             if path and path != ":memory:" and not os.path.exists(path):
-                raise SourceError(
+                raise error(
                     "no such database file",
                     where=redact_uri(uri),
                     hint="check the path (sqlite:/// then an absolute or relative path)",
+                )
+        elif uri_kind(uri) == "file":
+            folder = Path(url2pathname(urlsplit(uri).path) if uri.startswith("file:") else uri)
+            hint = "check the path: a file store is the folder that holds the experiment folders "
+            hint += "(often ./mlruns)"
+            if not folder.is_dir():
+                raise error("no such folder", where=redact_uri(uri), hint=hint)
+            if not any(folder.glob("*/meta.yaml")) and not (folder / ".trash").is_dir():
+                raise error(
+                    "not an MLflow file store (no experiment folder with a meta.yaml)",
+                    where=redact_uri(uri),
+                    hint=hint,
                 )
 
     # -- experiments and runs -------------------------------------------------------------------

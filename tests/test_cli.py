@@ -77,6 +77,22 @@ def test_missing_archive(tmp_path: Path) -> None:
     assert not (tmp_path / "t.db").exists()
 
 
+def test_pack_never_creates_its_source(tmp_path: Path) -> None:
+    """MLflow would make a store at a mistyped path (a sqlite file, a file store's folders)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (f"sqlite:///{tmp_path / 'typo.db'}", "no such database file"),
+        (str(tmp_path / "typo"), "no such folder"),
+        (empty.as_uri(), "not an MLflow file store"),
+    ]
+    for uri, says in cases:
+        proc = _run("pack", str(tmp_path / "a.exim"), "--tracking-uri", uri)
+        assert proc.returncode == 5 and says in _one_error_line(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert not any(empty.iterdir())
+
+
 def test_not_an_archive(tmp_path: Path) -> None:
     bogus = tmp_path / "notes.txt"
     bogus.write_text("hello, not a zip\n")
