@@ -29,11 +29,14 @@ app = typer.Typer(
 _state = {"debug": False}
 _INTERRUPTED = 130
 
-ArchiveArg = Annotated[Path, typer.Argument(help="The archive file (.exim).", show_default=False)]
+ArchiveArg = Annotated[
+    Path, typer.Argument(help="The archive file (.exim).", show_default=False, metavar="ARCHIVE")
+]
 TrackingUri = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
+        metavar="URI",
         help="MLflow tracking URI (http(s)://, sqlite:///, postgresql://, mysql://, file path). "
         "Default: $MLFLOW_TRACKING_URI.",
         show_default=False,
@@ -72,6 +75,7 @@ ArtifactsDestination = Annotated[
     str | None,
     typer.Option(
         "--artifacts-destination",
+        metavar="PATH_OR_URI",
         help="With a database URI: where the server that uses this database keeps served "
         "(mlflow-artifacts:/) artifacts, as its own --artifacts-destination (a path or URI).",
         show_default=False,
@@ -88,6 +92,7 @@ def pack(
         typer.Option(
             "--experiment",
             "-e",
+            metavar="NAME_OR_ID",
             help="Experiment name or id to pack; repeat for more. Default: every experiment, "
             "deleted ones included.",
             show_default=False,
@@ -101,6 +106,7 @@ def pack(
         list[str] | None,
         typer.Option(
             "--leave-out",
+            metavar="FAMILY",
             help="Leave a family out: logged-models, registry, prompts, traces or "
             "evaluation-datasets; repeat for more. Default: all that belong to the selection.",
             show_default=False,
@@ -199,6 +205,7 @@ def verify(
         str | None,
         typer.Option(
             "--against",
+            metavar="URI",
             help="Also check that this tracking URI holds everything in the archive "
             "(as unpack writes it).",
             show_default=False,
@@ -249,9 +256,9 @@ def inspect(archive: ArchiveArg, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Argument(help="A new or empty folder to work in.")] = Path(
-        "exim-demo"
-    ),
+    directory: Annotated[
+        Path, typer.Argument(help="A new or empty folder to work in.", metavar="DIRECTORY")
+    ] = Path("exim-demo"),
 ) -> None:
     """Seed a local sqlite store, then pack, inspect, verify and unpack it into a second one."""
     from .demo import run_demo

@@ -57,7 +57,7 @@ def test_every_command_has_help_and_is_in_the_readme(command: str) -> None:
     ("args", "says"),
     [
         (["pack", "a.exim", "--bogus"], "No such option: --bogus (see '{prog} pack --help')"),
-        (["pack"], "Missing argument 'archive'. (see '{prog} pack --help')"),
+        (["pack"], "Missing argument 'ARCHIVE'. (see '{prog} pack --help')"),
         (["frob"], "No such command 'frob'. (see '{prog} --help')"),
         (["unpack", "a.exim", "--json=yes"], "Option '--json' does not take a value."),
     ],
