@@ -91,6 +91,18 @@ def _note_unfinished(runs: list[RunRecord], notes: list[str]) -> None:
         )
 
 
+def _note_running(runs: list[RunRecord], notes: list[str]) -> None:
+    """Say so when runs are still RUNNING: their copies will not follow them (a complete copy
+    is never changed by a later unpack, spec/1.0/unpack.md §3)."""
+    running = [run.run_id for run in runs if run.status == "RUNNING" and not run.deleted]
+    if running:
+        notes.append(
+            f"{len(running)} run(s) (first: {running[0]}) are RUNNING: packed as they are now; "
+            "a later pack holds more, but unpack does not update a copy it finished (pack "
+            "again once they end, into a fresh target, to move their final state)"
+        )
+
+
 def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
     """Runs in order, in groups whose histories (by their latest steps) fit in memory at once."""
     chunk: list[RunRecord] = []
@@ -184,6 +196,7 @@ def pack(
         selected = source.experiments(experiments or None)
         runs = source.runs([e.experiment_id for e in selected])
         _note_unfinished(runs, source.notes)
+        _note_running(runs, source.notes)
         writer = ArchiveWriter(
             archive,
             created_at=_created_at(),

@@ -161,18 +161,21 @@ def test_archive_of_an_unpacked_store_unpacks_again(
     assert again.runs_created == 0 and again.runs_already_complete == second.runs_created
 
 
-def test_pack_says_when_the_source_holds_runs_an_unpack_did_not_finish(
+def test_pack_says_when_runs_are_unfinished_or_still_running(
     tmp_path: Path, new_sqlite: NewStore
 ) -> None:
     src = new_sqlite("src")
     c = MlflowClient(src)
     exp = c.create_experiment("half", artifact_location=(tmp_path / "art").as_uri())
     done = c.create_run(exp, start_time=T0).info.run_id
+    c.set_terminated(done)
     half = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     report = pack(tmp_path / "a.exim", tracking_uri=src)
     said = [w for w in report.warnings if INCOMPLETE_TAG in w]
     assert len(said) == 1 and said[0].startswith(f"1 run(s) (first: {half}) carry "), said
     assert done not in said[0] and report.counts["runs"] == 2
+    running = [w for w in report.warnings if "RUNNING" in w]
+    assert len(running) == 1 and running[0].startswith(f"1 run(s) (first: {half}) are RUNNING")
 
 
 @pytest.mark.parametrize("source_tags", [False, True])
