@@ -146,7 +146,9 @@ def check_against(
     uri = resolve_tracking_uri(tracking_uri) if sink is None else sink.uri
     report = ProofReport(os.fspath(archive), redact_uri(uri))
     with ArchiveReader(archive) as reader:
-        sink = sink or MlflowSink(uri)
+        if sink is None:  # a check only: MLflow would make a store where none is
+            MlflowSource.check_exists(uri, TargetError)
+            sink = MlflowSink(uri)
         target = MlflowSource(
             uri, error=TargetError, hint="run the same unpack again, or check the target"
         )

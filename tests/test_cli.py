@@ -93,6 +93,19 @@ def test_pack_never_creates_its_source(tmp_path: Path) -> None:
     assert not any(empty.iterdir())
 
 
+def test_verify_against_never_creates_the_target(tmp_path: Path, new_sqlite: NewStore) -> None:
+    src = new_sqlite("src")
+    seed_rich(src, "v", tmp_path / "art")
+    pack(tmp_path / "a.exim", tracking_uri=src)
+    for uri, says in [
+        (f"sqlite:///{tmp_path / 'typo.db'}", "no such database file"),
+        (str(tmp_path / "typo"), "no such folder"),
+    ]:
+        proc = _run("verify", str(tmp_path / "a.exim"), "--against", uri)
+        assert proc.returncode == 6 and says in _one_error_line(proc)
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "typo").exists()
+
+
 def test_not_an_archive(tmp_path: Path) -> None:
     bogus = tmp_path / "notes.txt"
     bogus.write_text("hello, not a zip\n")
