@@ -327,6 +327,13 @@ class ArchiveReader:
                     yield run_id, _Segment(member, i, start, end - start)
                     start = end
 
+    def metric_rows_per_run(self) -> dict[str, int]:
+        """Metric points per run (only the ``run_id`` column is decoded)."""
+        out: dict[str, int] = defaultdict(int)
+        for run_id, segment in self._metric_segments():
+            out[run_id] += segment.length
+        return dict(out)
+
     def iter_run_metrics(self) -> Iterator[tuple[str, RunPoints]]:
         """``(run_id, points)`` for each run with metrics, in archive (run_id) order.
 

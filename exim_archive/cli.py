@@ -189,7 +189,8 @@ def unpack(
     _say(
         f"unpacked into {report.tracking_uri}: experiments {report.experiments_created} created, "
         f"{report.experiments_reused} reused; runs {report.runs_created} created, "
-        f"{report.runs_resumed} resumed, {report.runs_already_complete} already there; "
+        f"{report.runs_resumed} resumed, {report.runs_updated} updated, "
+        f"{report.runs_already_complete} already there; "
         f"{report.metric_points:,} metric points, {report.artifacts} artifacts; "
         + "".join(f"{k.replace('_', ' ')} {v}; " for k, v in report.families.items() if v)
         + f"{report.runs_checked} runs checked against the archive "

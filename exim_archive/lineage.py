@@ -11,21 +11,27 @@ bookkeeping tags every unpacked run carries. The rules are ``shared/LINEAGE.md``
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .records import ExperimentRecord, RunRecord
+from .manifest import canonical_json
+from .records import ArtifactRecord, ExperimentRecord, RunRecord
 
 __all__ = [
     "BOOKKEEPING_PREFIX",
     "INCOMPLETE_TAG",
     "PREFIX",
     "SOURCE_RUN_TAG",
+    "STATE_TAG",
     "Origin",
     "experiment_source_tags",
+    "newer_copy",
     "run_source_tags",
+    "source_state",
 ]
 
 PREFIX = "mlflow_exim"
@@ -36,6 +42,9 @@ SOURCE_RUN_TAG = f"{BOOKKEEPING_PREFIX}source_run_id"
 """On every unpacked run: the source run id. How a re-run recognises what is already there."""
 INCOMPLETE_TAG = f"{BOOKKEEPING_PREFIX}incomplete"
 """On a run while unpack writes it; removed as the run's last write."""
+STATE_TAG = f"{BOOKKEEPING_PREFIX}source_state"
+"""On every unpacked run: ``<archive created_at> <digest of the source run's contents>``; a
+newer archive whose digest differs updates the copy (spec/1.0/unpack.md §3)."""
 
 _EXPERIMENT_FIELDS = (
     "experiment_id",
@@ -138,3 +147,28 @@ def object_source_tags(
     out.update(_system_tags(tags))
     out.update(origin.tags())
     return out
+
+
+def source_state(run: RunRecord, points: int, artifacts: Iterable[ArtifactRecord]) -> str:
+    """A digest of what an archive holds of a run (its lifecycle aside, which unpack applies
+    to complete copies too): the second half of :data:`STATE_TAG`."""
+    content = {
+        "status": run.status,
+        "end_time": run.end_time,
+        "run_name": run.run_name,
+        "params": run.params,
+        "tags": run.tags,
+        "inputs": [dataclasses.asdict(i) for i in run.inputs],
+        "metric_keys": run.metric_keys,
+        "points": points,
+        "artifacts": sorted((a.path, a.size, a.sha256) for a in artifacts),
+    }
+    return hashlib.sha256(canonical_json(content)).hexdigest()[:32]
+
+
+def newer_copy(copy_tags: Mapping[str, str], created_at: str, state: str) -> bool:
+    """Whether a copy holds other contents than ``state`` (see :func:`source_state`) and was
+    made from an archive packed at ``created_at`` or later: unpack leaves it as it is (two
+    pack times alike cannot be ordered)."""
+    made_at, _, digest = copy_tags.get(STATE_TAG, "").partition(" ")
+    return bool(made_at) and made_at >= created_at and digest != state

@@ -92,14 +92,13 @@ def _note_unfinished(runs: list[RunRecord], notes: list[str]) -> None:
 
 
 def _note_running(runs: list[RunRecord], notes: list[str]) -> None:
-    """Say so when runs are still RUNNING: their copies will not follow them (a complete copy
-    is never changed by a later unpack, spec/1.0/unpack.md §3)."""
+    """Say so when runs are still RUNNING: their copies hold what they have now, until a later
+    pack's unpack updates them (spec/1.0/unpack.md §3)."""
     running = [run.run_id for run in runs if run.status == "RUNNING" and not run.deleted]
     if running:
         notes.append(
             f"{len(running)} run(s) (first: {running[0]}) are RUNNING: packed as they are now; "
-            "a later pack holds more, but unpack does not update a copy it finished (pack "
-            "again once they end, into a fresh target, to move their final state)"
+            "pack again once they end, and unpack that archive too, to move their final state"
         )
 
 

@@ -19,9 +19,16 @@ import pyarrow.compute as pc
 from .bundle_reader import ArchiveReader
 from .errors import TargetError
 from .histories import HistoryReader
-from .lineage import BOOKKEEPING_PREFIX, INCOMPLETE_TAG, PREFIX, SOURCE_RUN_TAG
+from .lineage import (
+    BOOKKEEPING_PREFIX,
+    INCOMPLETE_TAG,
+    PREFIX,
+    SOURCE_RUN_TAG,
+    newer_copy,
+    source_state,
+)
 from .pool import ordered_map
-from .records import RunRecord
+from .records import ArtifactRecord, RunRecord
 from .sink import KEY_LIMIT, PARAM_VALUE_LIMIT, RUN_TAG_VALUE_LIMIT, MlflowSink, RunContents
 from .source import MlflowSource
 from .uri import redact_uri, resolve_tracking_uri
@@ -153,9 +160,13 @@ def check_against(
             uri, error=TargetError, hint="run the same unpack again, or check the target"
         )
         files: dict[str, dict[str, int]] = defaultdict(dict)
+        records: dict[str, list[ArtifactRecord]] = defaultdict(list)
         for art in reader.artifacts():
             files[art.run_id][art.path] = art.size
+            records[art.run_id].append(art)
         points = _distinct_points(reader)
+        rows = reader.metric_rows_per_run()
+        created_at = reader.manifest.created_at
         experiment_ids = []
         experiment_map: dict[str, str] = {}
         for exp in reader.experiments():
@@ -195,6 +206,10 @@ def check_against(
             got = None
             if twins:
                 copy = twins[0]
+                state = source_state(run, rows.get(run.run_id, 0), records[run.run_id])
+                if newer_copy(dict(copy.tags), created_at, state):
+                    report.runs_checked += 1  # made from a newer archive: unpack leaves it
+                    continue
                 got = RunContents(
                     lifecycle_stage=copy.lifecycle_stage,
                     params=dict(copy.params),

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from . import tables as T
 from .artifact_roots import PROXIED, ArtifactRoots, files_under
 from .errors import TargetError
-from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
+from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, STATE_TAG
 from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, RunRecord
 from .sql_metrics import LazyFastPath
@@ -89,6 +89,8 @@ class ExistingRun:
     source_run_id: str
     incomplete: bool
     lifecycle_stage: str
+    state: str | None = None
+    """Its :data:`.STATE_TAG`: which archive, and what of the source run, it was made from."""
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -231,6 +233,7 @@ class MlflowSink:
                     source_id,
                     INCOMPLETE_TAG in run.data.tags,
                     run.info.lifecycle_stage,
+                    run.data.tags.get(STATE_TAG),
                 )
                 previous = ours.get(source_id)
                 # Two copies only arise from concurrent unpacks; prefer a complete, active one.

@@ -23,7 +23,15 @@ from .artifact_roots import ArtifactRoots
 from .bundle_reader import ArchiveReader, RunPoints
 from .errors import TargetError
 from .families import UnpackScope
-from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, Origin, experiment_source_tags, run_source_tags
+from .lineage import (
+    INCOMPLETE_TAG,
+    SOURCE_RUN_TAG,
+    STATE_TAG,
+    Origin,
+    experiment_source_tags,
+    run_source_tags,
+    source_state,
+)
 from .pool import ordered_map
 from .progress import Progress
 from .proof import check_against
@@ -59,6 +67,7 @@ class UnpackReport:
     experiments_reused: int = 0
     runs_created: int = 0
     runs_resumed: int = 0
+    runs_updated: int = 0
     runs_already_complete: int = 0
     metric_points: int = 0
     artifacts: int = 0
@@ -111,10 +120,14 @@ class _Unpacker:
         self.origin = Origin(reader.digest, str(m.source.get("tracking_uri", "")), m.created_at)
         self.experiments = reader.experiments()
         self.runs = reader.runs()
+        self.by_id = {r.run_id: r for r in self.runs}
         self.artifacts: dict[str, list[ArtifactRecord]] = defaultdict(list)
         for art in reader.artifacts():
             self.artifacts[art.run_id].append(art)
+        self.points = reader.metric_rows_per_run()
         self.run_ids: dict[str, str] = {}
+        self.updating: set[str] = set()
+        """Source runs whose complete copies this unpack brings up to date."""
 
     def notes(self) -> list[str]:
         return self.report.notes
@@ -167,7 +180,7 @@ class _Unpacker:
         was_deleted = found.lifecycle_stage == "deleted"
         target = _Target(exp, found.experiment_id, existing, foreign, was_deleted)
         owned = {r.run_id for r in self.runs if r.experiment_id == exp.experiment_id}
-        work = any(rid not in existing or existing[rid].incomplete for rid in owned)
+        work = any(self.plan(rid, existing.get(rid), note=False) != "complete" for rid in owned)
         current = self.sink.experiment_tags(found.experiment_id) if work or not exp.deleted else {}
         if found.lifecycle_stage == "deleted":
             if not work:
@@ -194,8 +207,36 @@ class _Unpacker:
         if self.lineage:
             tags.update(run_source_tags(run, self.origin))
         tags[SOURCE_RUN_TAG] = run.run_id
+        tags[STATE_TAG] = self.state(run)
         tags[INCOMPLETE_TAG] = "true"
         return _fit(tags, RUN_TAG_VALUE_LIMIT, f"run {run.run_id}", self.notes())
+
+    def state(self, run: RunRecord) -> str:
+        """The run's :data:`.STATE_TAG`: this archive's pack time, then what it holds of the
+        run (:func:`.source_state`)."""
+        digest = source_state(run, self.points.get(run.run_id, 0), self.artifacts[run.run_id])
+        return f"{self.origin.created_at} {digest}"
+
+    def plan(self, run_id: str, found: ExistingRun | None, *, note: bool = True) -> str:
+        """What the run needs: ``create``, ``resume`` (a copy left unfinished), ``update`` (a
+        complete copy made from an older archive that held less or other) or ``complete``."""
+        if found is None:
+            return "create"
+        if found.incomplete:
+            return "resume"
+        want = self.state(self.by_id[run_id]).partition(" ")[2]
+        made_at, _, digest = (found.state or "").partition(" ")
+        if digest == want:  # the same contents, whichever pack they came from
+            return "complete"
+        if found.state is None or made_at < self.origin.created_at:
+            return "update"
+        if note:  # a newer archive, or one of the same pack time (not to be ordered)
+            self.notes().append(
+                f"run {run_id}: its copy {found.run_id} was made from "
+                + ("a newer archive" if made_at > self.origin.created_at else "another archive")
+                + f" packed at {made_at}; left as it is"
+            )
+        return "complete"
 
     def late_tags(self, run: RunRecord) -> dict[str, str]:
         parent = dict(run.tags).get(PARENT_TAG)
@@ -220,6 +261,9 @@ class _Unpacker:
         new_id = self.run_ids[run.run_id]
         if existing is not None and existing.lifecycle_stage == "deleted":
             self.sink.restore_run(new_id)
+        if existing is not None:  # resumed or updated: bookkeeping and lineage from this archive,
+            # the incomplete marker first of all for an update (an interruption then resumes it)
+            self.sink.log_params_and_tags(new_id, [], self.run_tags(run))
         self.sink.log_params_and_tags(new_id, self.params(run), self.late_tags(run))
         if points is not None:
             # Python objects for one slice at a time; a long run's row groups decoded as needed.
@@ -270,16 +314,21 @@ class _Unpacker:
             target = by_source[run.experiment_id]
             found = target.existing.get(run.run_id)
             existing[run.run_id] = found
+            plan = self.plan(run.run_id, found)
             if found is None:
                 to_create.append(run)
                 todo.append(run)
+                continue
+            self.run_ids[run.run_id] = found.run_id
+            if plan == "resume":
+                todo.append(run)
+                self.report.runs_resumed += 1
+            elif plan == "update":
+                todo.append(run)
+                self.updating.add(run.run_id)
+                self.report.runs_updated += 1
             else:
-                self.run_ids[run.run_id] = found.run_id
-                if found.incomplete:
-                    todo.append(run)
-                    self.report.runs_resumed += 1
-                else:
-                    self.report.runs_already_complete += 1
+                self.report.runs_already_complete += 1
 
         def create(run: RunRecord) -> tuple[str, str]:
             target = by_source[run.experiment_id]

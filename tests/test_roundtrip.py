@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import MlflowServer, NewStore
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
+from mlflow.entities import Metric, ViewType
 from workload import T0, as_sql_keeps, count_runs, seed_rich, snapshot
 
 from exim_archive.bundle_reader import ArchiveReader
@@ -176,6 +176,62 @@ def test_pack_says_when_runs_are_unfinished_or_still_running(
     assert done not in said[0] and report.counts["runs"] == 2
     running = [w for w in report.warnings if "RUNNING" in w]
     assert len(running) == 1 and running[0].startswith(f"1 run(s) (first: {half}) are RUNNING")
+
+
+@pytest.mark.parametrize(("lineage", "over_http"), [(False, False), (True, False), (False, True)])
+def test_a_newer_pack_updates_copies_an_older_one_leaves_them(
+    tmp_path: Path,
+    new_sqlite: NewStore,
+    lineage: bool,
+    over_http: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    unique: str,
+) -> None:
+    """Incremental sync: a run still RUNNING when first packed gains points (at a step already
+    logged, so only their count shows it), a param, a changed tag, a file and its end; the
+    next pack's unpack brings its copy up to date and leaves the unchanged run alone. The older
+    archive unpacked afterwards changes nothing and its proof passes."""
+    src = new_sqlite("src")
+    dst = request.getfixturevalue("target_server").url if over_http else new_sqlite("dst")
+    name = f"{unique} sync"
+    c = MlflowClient(src)
+    exp = c.create_experiment(name, artifact_location=(tmp_path / "art").as_uri())
+    live = c.create_run(exp, start_time=T0, tags={"phase": "1"}).info.run_id
+    c.log_batch(live, metrics=[Metric("m", float(i), T0 + i, i) for i in range(10)])
+    c.log_param(live, "p1", "a")
+    done = c.create_run(exp, start_time=T0).info.run_id
+    c.log_batch(done, metrics=[Metric("m", 1.0, T0, 0)])
+    c.set_terminated(done, end_time=T0 + 5)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")  # pack times a second apart at least
+    old = pack(tmp_path / "a1.exim", tracking_uri=src)
+    first = unpack(tmp_path / "a1.exim", tracking_uri=dst, import_source_tags=lineage)
+    assert first.runs_created == 2
+
+    c.log_batch(live, metrics=[Metric("m", float(i), T0 + 100 + i, 9) for i in range(5)])
+    c.log_param(live, "p2", "b")
+    c.set_tag(live, "phase", "2")
+    c.log_text(live, "late", "notes/late.txt")
+    c.set_terminated(live, "FAILED", end_time=T0 + 50)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000060")
+    new = pack(tmp_path / "a2.exim", tracking_uri=src)
+    assert new.digest != old.digest
+    second = unpack(tmp_path / "a2.exim", tracking_uri=dst, import_source_tags=lineage)
+    assert (second.runs_updated, second.runs_already_complete, second.runs_created) == (1, 1, 0)
+    assert second.metric_points == 15 and second.artifacts == 1
+    assert snapshot(dst, [name]) == snapshot(src, [name])
+    copy = MlflowClient(dst).get_run(second.id_map["runs"][live])
+    assert copy.info.status == "FAILED" and copy.info.end_time == T0 + 50
+    assert INCOMPLETE_TAG not in copy.data.tags
+    if lineage:
+        assert copy.data.tags["mlflow_exim.archive.digest"] == new.digest.split(":")[-1]
+
+    again = unpack(tmp_path / "a2.exim", tracking_uri=dst, import_source_tags=lineage)
+    assert (again.runs_updated, again.runs_already_complete) == (0, 2)
+    older = unpack(tmp_path / "a1.exim", tracking_uri=dst, import_source_tags=lineage)
+    assert (older.runs_updated, older.runs_already_complete) == (0, 2)
+    assert any("made from a newer archive" in n and live in n for n in older.notes), older.notes
+    assert snapshot(dst, [name]) == snapshot(src, [name])
 
 
 @pytest.mark.parametrize("source_tags", [False, True])
