@@ -182,10 +182,13 @@ def check_against(
                     f"{exp.lifecycle_stage} here"
                 )
         copies: dict[str, list[RunRecord]] = defaultdict(list)
+        others: set[str] = set()  # runs no unpack made
         for copy in target.runs(experiment_ids):
             source_id = dict(copy.tags).get(SOURCE_RUN_TAG)
             if source_id is not None:
                 copies[source_id].append(copy)
+            else:
+                others.add(copy.run_id)
         run_ids = {source: found[0].run_id for source, found in copies.items()}
         wanted = [found[0] for found in copies.values()]
         counts = _target_counts(target, wanted, workers)
@@ -201,6 +204,9 @@ def check_against(
         )
         for run in reader.runs():
             twins = copies.get(run.run_id, [])
+            if not twins and dict(run.tags).get(SOURCE_RUN_TAG) in others:
+                report.runs_checked += 1  # a copy of a target run: unpack leaves that run
+                continue
             if len(twins) > 1:
                 report.add(f"run {run.run_id}: {len(twins)} copies in the target")
             got = None

@@ -204,12 +204,12 @@ class MlflowSink:
 
     def existing_runs(
         self, experiment_id: str, filter_string: str = ""
-    ) -> tuple[dict[str, ExistingRun], int]:
-        """Runs an earlier unpack made here (by source run id), and how many other runs exist."""
+    ) -> tuple[dict[str, ExistingRun], set[str]]:
+        """Runs an earlier unpack made here (by source run id), and the ids of the other runs."""
         from mlflow.entities import ViewType
 
         ours: dict[str, ExistingRun] = {}
-        foreign = 0
+        foreign: set[str] = set()
         token = None
         while True:
             page = self.call(
@@ -226,7 +226,7 @@ class MlflowSink:
             for run in page:
                 source_id = run.data.tags.get(SOURCE_RUN_TAG)
                 if source_id is None:
-                    foreign += 1
+                    foreign.add(run.info.run_id)
                     continue
                 found = ExistingRun(
                     run.info.run_id,

@@ -98,7 +98,8 @@ class _Target:
     source: ExperimentRecord
     experiment_id: str
     existing: dict[str, ExistingRun]
-    foreign_runs: int
+    foreign: set[str]
+    """Ids of the target experiment's runs that no unpack made."""
     was_deleted: bool = False
     restored: bool = False
 
@@ -127,6 +128,8 @@ class _Unpacker:
         self.points = reader.metric_rows_per_run()
         self.run_ids: dict[str, str] = {}
         self.updating: set[str] = set()
+        self.home_runs: set[str] = set()
+        """Source runs that are copies of target runs no unpack made (see :meth:`home`)."""
         """Source runs whose complete copies this unpack brings up to date."""
 
     def notes(self) -> list[str]:
@@ -166,7 +169,7 @@ class _Unpacker:
         if found is None:
             new_id = self.sink.create_experiment(exp.name, tags)
             self.report.experiments_created += 1
-            return _Target(exp, new_id, {}, 0)
+            return _Target(exp, new_id, {}, set())
         if found.lifecycle_stage == "deleted" and not exp.deleted:
             raise TargetError(
                 f"experiment {exp.name!r} exists in the target but is deleted there, "
@@ -179,8 +182,12 @@ class _Unpacker:
         existing, foreign = self.sink.existing_runs(found.experiment_id)
         was_deleted = found.lifecycle_stage == "deleted"
         target = _Target(exp, found.experiment_id, existing, foreign, was_deleted)
-        owned = {r.run_id for r in self.runs if r.experiment_id == exp.experiment_id}
-        work = any(self.plan(rid, existing.get(rid), note=False) != "complete" for rid in owned)
+        owned = [r for r in self.runs if r.experiment_id == exp.experiment_id]
+        work = any(
+            self.home(r, target) is None
+            and self.plan(r.run_id, existing.get(r.run_id), note=False) != "complete"
+            for r in owned
+        )
         current = self.sink.experiment_tags(found.experiment_id) if work or not exp.deleted else {}
         if found.lifecycle_stage == "deleted":
             if not work:
@@ -216,6 +223,13 @@ class _Unpacker:
         run (:func:`.source_state`)."""
         digest = source_state(run, self.points.get(run.run_id, 0), self.artifacts[run.run_id])
         return f"{self.origin.created_at} {digest}"
+
+    def home(self, run: RunRecord, target: _Target) -> str | None:
+        """The target run ``run`` was itself copied from, if it is in ``target``: the archive
+        was packed from an earlier unpack's target and comes back to the source (A -> B -> A).
+        That run, made by no unpack, is left as it is and stands for ``run``."""
+        origin = dict(run.tags).get(SOURCE_RUN_TAG)
+        return origin if origin in target.foreign else None
 
     def plan(self, run_id: str, found: ExistingRun | None, *, note: bool = True) -> str:
         """What the run needs: ``create``, ``resume`` (a copy left unfinished), ``update`` (a
@@ -314,6 +328,12 @@ class _Unpacker:
             target = by_source[run.experiment_id]
             found = target.existing.get(run.run_id)
             existing[run.run_id] = found
+            origin = self.home(run, target) if found is None else None
+            if origin is not None:
+                self.run_ids[run.run_id] = origin
+                self.home_runs.add(run.run_id)
+                self.report.runs_already_complete += 1
+                continue
             plan = self.plan(run.run_id, found)
             if found is None:
                 to_create.append(run)
@@ -329,6 +349,13 @@ class _Unpacker:
                 self.report.runs_updated += 1
             else:
                 self.report.runs_already_complete += 1
+        if self.home_runs:
+            first = min(self.home_runs)
+            self.notes().append(
+                f"{len(self.home_runs)} run(s) (first: {first}, a copy of {self.run_ids[first]}) "
+                "are copies of runs of this target that no unpack made (the archive came back "
+                "to its source): those runs are left as they are and stand for them"
+            )
 
         def create(run: RunRecord) -> tuple[str, str]:
             target = by_source[run.experiment_id]
@@ -401,7 +428,7 @@ class _Unpacker:
     def apply_lifecycle(self, targets: list[_Target], filled: set[str]) -> None:
         """Delete, last, what the source had deleted (deleted objects refuse writes)."""
         for run in self.runs:
-            if not run.deleted:
+            if not run.deleted or run.run_id in self.home_runs:  # never touched
                 continue
             target = next(t for t in targets if t.source.experiment_id == run.experiment_id)
             found = target.existing.get(run.run_id)
@@ -413,10 +440,10 @@ class _Unpacker:
                 continue
             # An experiment that was deleted before unpack restored it goes back to deleted,
             # whatever else it holds; only one that was active is guarded for foreign runs.
-            if target.foreign_runs and not target.was_deleted:
+            if target.foreign and not target.was_deleted:
                 self.notes().append(
                     f"experiment {target.source.name!r} is deleted in the archive but was left "
-                    f"active in the target: it holds {target.foreign_runs} runs unpack did not make"
+                    f"active in the target: it holds {len(target.foreign)} runs unpack did not make"
                 )
                 continue
             now = self.sink.find_experiment(target.source.name)

@@ -178,6 +178,26 @@ def test_pack_says_when_runs_are_unfinished_or_still_running(
     assert len(running) == 1 and running[0].startswith(f"1 run(s) (first: {half}) are RUNNING")
 
 
+def test_an_archive_back_to_its_source_duplicates_nothing(
+    tmp_path: Path, new_sqlite: NewStore
+) -> None:
+    """A -> B -> A: B's copies name A's runs in their bookkeeping tag; unpacked into A again,
+    they stand for those runs (left as they are) instead of becoming second copies."""
+    a, b = new_sqlite("a"), new_sqlite("b")
+    names = seed_rich(a, "home", tmp_path / "art")
+    before = snapshot(a, names)
+    runs_before = count_runs(a)
+    pack(tmp_path / "ab.exim", tracking_uri=a)
+    there = unpack(tmp_path / "ab.exim", tracking_uri=b, import_source_tags=True)
+    pack(tmp_path / "ba.exim", tracking_uri=b)
+    back = unpack(tmp_path / "ba.exim", tracking_uri=a, import_source_tags=True)
+    assert back.runs_created == 0 and back.runs_already_complete == there.runs_created
+    assert count_runs(a) == runs_before and snapshot(a, names) == before
+    assert back.id_map["runs"] == {b_id: a_id for a_id, b_id in there.id_map["runs"].items()}
+    assert any("no unpack made" in n for n in back.notes), back.notes
+    assert main(["verify", str(tmp_path / "ba.exim"), "--against", a]) == 0
+
+
 @pytest.mark.parametrize(("lineage", "over_http"), [(False, False), (True, False), (False, True)])
 def test_a_newer_pack_updates_copies_an_older_one_leaves_them(
     tmp_path: Path,
