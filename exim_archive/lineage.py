@@ -166,9 +166,9 @@ def source_state(run: RunRecord, points: int, artifacts: Iterable[ArtifactRecord
     return hashlib.sha256(canonical_json(content)).hexdigest()[:32]
 
 
-def newer_copy(copy_tags: Mapping[str, str], created_at: str, state: str) -> bool:
-    """Whether a copy holds other contents than ``state`` (see :func:`source_state`) and was
-    made from an archive packed at ``created_at`` or later: unpack leaves it as it is (two
-    pack times alike cannot be ordered)."""
-    made_at, _, digest = copy_tags.get(STATE_TAG, "").partition(" ")
+def newer_copy(copy_state: str | None, created_at: str, state: str) -> bool:
+    """Whether a copy whose :data:`STATE_TAG` is ``copy_state`` holds other contents than
+    ``state`` (see :func:`source_state`) and was made from an archive packed at ``created_at``
+    or later: unpack leaves it as it is (two pack times alike cannot be ordered)."""
+    made_at, _, digest = (copy_state or "").partition(" ")
     return bool(made_at) and made_at >= created_at and digest != state

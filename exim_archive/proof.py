@@ -24,6 +24,7 @@ from .lineage import (
     INCOMPLETE_TAG,
     PREFIX,
     SOURCE_RUN_TAG,
+    STATE_TAG,
     newer_copy,
     source_state,
 )
@@ -213,7 +214,7 @@ def check_against(
             if twins:
                 copy = twins[0]
                 state = source_state(run, rows.get(run.run_id, 0), records[run.run_id])
-                if newer_copy(dict(copy.tags), created_at, state):
+                if newer_copy(dict(copy.tags).get(STATE_TAG), created_at, state):
                     report.runs_checked += 1  # made from a newer archive: unpack leaves it
                     continue
                 got = RunContents(

@@ -29,6 +29,7 @@ from .lineage import (
     STATE_TAG,
     Origin,
     experiment_source_tags,
+    newer_copy,
     run_source_tags,
     source_state,
 )
@@ -128,9 +129,10 @@ class _Unpacker:
         self.points = reader.metric_rows_per_run()
         self.run_ids: dict[str, str] = {}
         self.updating: set[str] = set()
+        """Source runs whose complete copies this unpack brings up to date."""
         self.home_runs: set[str] = set()
         """Source runs that are copies of target runs no unpack made (see :meth:`home`)."""
-        """Source runs whose complete copies this unpack brings up to date."""
+        self._states: dict[str, str] = {}
 
     def notes(self) -> list[str]:
         return self.report.notes
@@ -221,8 +223,11 @@ class _Unpacker:
     def state(self, run: RunRecord) -> str:
         """The run's :data:`.STATE_TAG`: this archive's pack time, then what it holds of the
         run (:func:`.source_state`)."""
-        digest = source_state(run, self.points.get(run.run_id, 0), self.artifacts[run.run_id])
-        return f"{self.origin.created_at} {digest}"
+        if run.run_id not in self._states:  # asked for by the plan, then by the tags
+            points = self.points.get(run.run_id, 0)
+            digest = source_state(run, points, self.artifacts[run.run_id])
+            self._states[run.run_id] = f"{self.origin.created_at} {digest}"
+        return self._states[run.run_id]
 
     def home(self, run: RunRecord, target: _Target) -> str | None:
         """The target run ``run`` was itself copied from, if it is in ``target``: the archive
@@ -242,7 +247,7 @@ class _Unpacker:
         made_at, _, digest = (found.state or "").partition(" ")
         if digest == want:  # the same contents, whichever pack they came from
             return "complete"
-        if found.state is None or made_at < self.origin.created_at:
+        if not newer_copy(found.state, self.origin.created_at, want):
             return "update"
         if note:  # a newer archive, or one of the same pack time (not to be ordered)
             self.notes().append(
