@@ -14,6 +14,7 @@ zstandard and OS errors are translated here, never let through.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -500,7 +501,9 @@ class ArchiveReader:
             reader.close()
 
     def extract_artifact(self, record: ArtifactRecord, destination: Path) -> None:
-        """Write one artifact file, checking its size and SHA-256 against the table."""
+        """Write one artifact file, checking its size and SHA-256 against the table. It is
+        written beside ``destination`` under a temporary name and renamed only once it
+        matches: a file that does not match is never left at ``destination``."""
         problem = artifact_path_problem(record.path)
         if problem:
             raise ArchiveFormatError(
@@ -511,13 +514,20 @@ class ArchiveReader:
             )
         digest = hashlib.sha256()
         size = 0
+        part = destination.with_name(f".{destination.name}.exim-part")
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with open(destination, "wb") as out:
-                for chunk in self.iter_artifact_bytes(record):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
+            if destination.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "Is a directory")
+            with open(part, "wb") as out:
+                try:
+                    for chunk in self.iter_artifact_bytes(record):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+                except BaseException:
+                    part.unlink(missing_ok=True)
+                    raise
         except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
             raise ArchiveFormatError(
                 f"artifact {show_name(record.path)} of run {show_name(record.run_id)} clashes "
@@ -526,12 +536,14 @@ class ArchiveReader:
                 hint="refusing a hostile archive",
             ) from None
         if size != record.size or digest.hexdigest() != record.sha256:
+            part.unlink(missing_ok=True)
             raise ArchiveFormatError(
                 f"artifact {show_name(record.path)} of run {show_name(record.run_id)} does not "
                 "match its size/sha256",
                 where=self.container.where(record.member),
                 hint="the archive is damaged; re-copy it",
             )
+        os.replace(part, destination)
 
 
 def schema_problem(spec: T.TableSpec, schema: pa.Schema) -> str | None:

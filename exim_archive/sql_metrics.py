@@ -1,6 +1,7 @@
 """Whether metric points may go straight through SQL, below MLflow's store layer, and the one
 object that does it for a store (:class:`SqlMetrics`: :mod:`.sql_point_reader` for pack,
-:mod:`.sql_point_writer` for unpack).
+:mod:`.sql_point_writer` for unpack, and :mod:`.sql_run_writer` for the end of the runs unpack
+creates: their params, late tags and status in one transaction).
 
 Metric points are the bulk of any archive, and MLflow's store spends Python objects, a session
 and (on write) a latest-metric merge on every batch of them. On a database tracking URI
@@ -16,12 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .sql_point_reader import PointReader
 from .sql_point_writer import PointWriter
+from .sql_run_writer import RunFinisher
 from .uri import redact_uri, uri_kind
 
 if TYPE_CHECKING:
@@ -136,6 +138,7 @@ class SqlMetrics:
         self.engine = engine
         self.reader = PointReader(engine.dialect.name, engine.dialect.driver, self._raw_connection)
         self.writer = PointWriter(engine)
+        self.finisher = RunFinisher(engine)
 
     @contextmanager
     def _raw_connection(self) -> Iterator[Any]:
@@ -150,3 +153,14 @@ class SqlMetrics:
 
     def write(self, run_id: str, points: pa.Table) -> None:
         self.writer.write(run_id, points)
+
+    def finish_new_run(
+        self,
+        run_id: str,
+        params: Sequence[tuple[str, str]],
+        tags: Mapping[str, str],
+        status: str | None,
+        end_time: int | None,
+        marker: str,
+    ) -> None:
+        self.finisher.finish(run_id, params, tags, status, end_time, marker)

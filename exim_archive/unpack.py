@@ -10,13 +10,10 @@ killed unpack run again finishes the job without duplicating anything.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .artifact_roots import ArtifactRoots
@@ -283,21 +280,13 @@ class _Unpacker:
         if existing is not None:  # resumed or updated: bookkeeping and lineage from this archive,
             # the incomplete marker first of all for an update (an interruption then resumes it)
             self.sink.log_params_and_tags(new_id, [], self.run_tags(run))
-        self.sink.log_params_and_tags(new_id, self.params(run), self.late_tags(run))
-        if points is not None:
-            # Python objects for one slice at a time; a long run's row groups decoded as needed.
-            for piece in points.slices(METRIC_SLICE):
-                self.sink.log_metrics(new_id, piece)
+        # Python objects for one slice at a time; a long run's row groups decoded as needed.
+        pieces = points.slices(METRIC_SLICE) if points is not None else ()
+        self.sink.log_run_data(new_id, self.params(run), self.late_tags(run), pieces)
         self.sink.log_inputs(new_id, run.inputs)
         arts = self.artifacts.get(run.run_id, [])
         if arts:
-            scratch = Path(tempfile.mkdtemp(prefix="exim-unpack-"))
-            try:
-                for art in arts:
-                    self.reader.extract_artifact(art, scratch / art.path)
-                self.sink.log_artifacts(new_id, scratch)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+            self.sink.put_artifacts(new_id, arts, self.reader.extract_artifact)
         self.sink.finish_run(new_id, run)
         return points.num_rows if points is not None else 0
 

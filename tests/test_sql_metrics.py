@@ -9,6 +9,7 @@ import math
 import shutil
 import sqlite3
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +409,50 @@ def test_sql_write_refuses_a_deleted_run(db_uri: str) -> None:
     with pytest.raises(TargetError, match=f"logging metrics of run {run} failed"):
         MlflowSink(db_uri).log_metrics(run, _points(_edge_metrics()[:3]))
     assert _count(db_uri, "metrics", run) == 0
+
+
+def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
+    """sql_run_writer: params, tags, status, end time and the marker's removal, all or none."""
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    from exim_archive.lineage import INCOMPLETE_TAG
+
+    c = MlflowClient(db_uri)
+    exp = c.create_experiment("end")
+    fast, note = sql_metrics.open_fast_path(c._tracking_client.store, db_uri)
+    assert fast is not None and note is None
+    run = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
+    c.log_batch(run, params=[Param("clash", "before")])
+    end = partial(fast.finish_new_run, run, status="FINISHED", end_time=T0 + 9)
+    with pytest.raises(sa.exc.IntegrityError):  # a param already there: nothing lands
+        end([("a", "1"), ("clash", "after")], {"t": "v"}, marker=INCOMPLETE_TAG)
+    got = c.get_run(run)
+    assert got.data.params == {"clash": "before"} and INCOMPLETE_TAG in got.data.tags
+    assert got.info.status == "RUNNING" and got.info.end_time is None and "t" not in got.data.tags
+
+    tags = {"t": "v", "mlflow.parentRunId": "x"}
+    end([("a", "1"), ("b", "ü" * 6000)], tags, marker=INCOMPLETE_TAG)
+    got = c.get_run(run)
+    assert got.data.params == {"clash": "before", "a": "1", "b": "ü" * 6000}
+    assert got.data.tags["t"] == "v" and got.data.tags["mlflow.parentRunId"] == "x"
+    assert INCOMPLETE_TAG not in got.data.tags
+    assert (got.info.status, got.info.end_time) == ("FINISHED", T0 + 9)
+
+    with pytest.raises(MlflowException, match="not an active run with the tag"):
+        end([("c", "3")], {}, marker=INCOMPLETE_TAG)  # finished already: refused, nothing added
+    assert "c" not in c.get_run(run).data.params
+
+    running = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
+    fast.finish_new_run(running, [], {}, None, None, INCOMPLETE_TAG)  # RUNNING, no end: as is
+    got = c.get_run(running)
+    assert (got.info.status, got.info.end_time) == ("RUNNING", None)
+    assert INCOMPLETE_TAG not in got.data.tags
+
+    gone = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
+    c.delete_run(gone)
+    with pytest.raises(MlflowException, match="not an active run"):
+        fast.finish_new_run(gone, [("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG)
 
 
 def test_untested_revision_writes_through_the_api(
