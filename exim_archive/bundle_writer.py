@@ -58,6 +58,9 @@ ZSTD_LEVEL = 3
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _COMPRESS_MIN_SIZE = 64
 _COMPRESS_MAX_RATIO = 0.9
+_IN_MEMORY_SIZE = 256 * 1024
+"""Files up to this size are compressed in memory (zstandard's one-shot ``compress`` gives the
+same frame as ``copy_stream`` at these sizes: a single block)."""
 
 
 def _parquet_writer(path: Path, spec: T.TableSpec) -> pq.ParquetWriter:
@@ -289,6 +292,18 @@ class ArchiveWriter:
 
     def _store_blob(self, sha: str, size: int, local_file: Path) -> tuple[str, str]:
         raw_member = f"blobs/{sha}"
+        if _COMPRESS_MIN_SIZE <= size <= _IN_MEMORY_SIZE:
+            # Decided in memory: one file made, where trying on disk made (and removed) a
+            # second for every file that does not compress (~0.75 ms each on this disk).
+            data = local_file.read_bytes()
+            packed = self._compressor.compress(data)
+            member, compression = (
+                (raw_member + ".zst", "zstd")
+                if len(packed) <= size * _COMPRESS_MAX_RATIO
+                else (raw_member, "none")
+            )
+            (self._staging / member).write_bytes(packed if compression == "zstd" else data)
+            return member, compression
         if size >= _COMPRESS_MIN_SIZE:
             member = raw_member + ".zst"
             target = self._staging / member
