@@ -264,19 +264,23 @@ def read_eval_datasets(scope: PackScope) -> Rows:
 # ----------------------------------------------------------------------------------- unpack
 
 
-def _unpacked_datasets(scope: UnpackScope) -> dict[str, str]:
-    """Source dataset id -> target dataset id, for the datasets an earlier unpack created.
+def _unpacked_datasets(scope: UnpackScope) -> tuple[dict[str, str], set[str]]:
+    """Source dataset id -> target dataset id, for the datasets an earlier unpack created; and
+    the ids of the other target datasets.
 
     Every target dataset is listed and its tags read here: MLflow's dataset search does not
     strip backquotes from tag keys (``tags.`a.b` = 'x'`` never matches), so a filter on a dotted
     key depends on how one server version parses it. Where two target datasets carry the same
     source id (two unpacks at once), the oldest is used."""
     found: dict[str, str] = {}
+    others: set[str] = set()
     for dataset in _all_datasets(scope.call, scope.client, None):
         source_id = (dataset.tags or {}).get(SOURCE_DATASET_TAG)
-        if source_id and source_id not in found:
+        if not source_id:
+            others.add(str(dataset.dataset_id))
+        elif source_id not in found:
             found[str(source_id)] = str(dataset.dataset_id)
-    return found
+    return found, others
 
 
 def _fit(tags: dict[str, str], what: str, notes: list[str]) -> dict[str, str]:
@@ -359,7 +363,7 @@ def _create(
 
     def landed() -> str | None:
         # A create whose reply was lost may have landed: it carries the source-id tag.
-        return _unpacked_datasets(scope).get(source_id)
+        return _unpacked_datasets(scope)[0].get(source_id)
 
     return scope.call(
         f"creating evaluation dataset {dataset['name']!r} (source {source_id})",
@@ -412,9 +416,18 @@ def write_eval_datasets(scope: UnpackScope, rows: Rows) -> dict[str, int]:
     ):
         records[str(row["dataset_id"])].append(row)
 
-    existing = _unpacked_datasets(scope)
+    existing, others = _unpacked_datasets(scope)
+    homes: list[str] = []
     for dataset in datasets:
         source_id = str(dataset["dataset_id"])
+        origin = tags[source_id].get(SOURCE_DATASET_TAG)
+        if source_id not in existing and origin in others:
+            # A copy of a target dataset no unpack made (the archive came back to its source,
+            # A -> B -> A): that dataset is left as it is and stands for it.
+            existing[source_id] = str(origin)
+            homes.append(source_id)
+            counts["datasets_skipped"] += 1
+            continue
         what = f"evaluation dataset {source_id} ({dataset['name']!r})"
         experiment_ids: list[str] = []
         for source_exp in links[source_id]:
@@ -454,4 +467,10 @@ def write_eval_datasets(scope: UnpackScope, rows: Rows) -> dict[str, int]:
                 partial(store.upsert_dataset_records, dataset_id=target_id, records=batch),
             )
             counts["records"] += len(batch)
+    if homes:
+        scope.notes.append(
+            f"{len(homes)} evaluation dataset(s) (first: {homes[0]}, a copy of "
+            f"{existing[homes[0]]}) are copies of datasets of this target that no unpack made "
+            "(the archive came back to its source): those are left as they are and stand for them"
+        )
     return counts

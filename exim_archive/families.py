@@ -27,6 +27,7 @@ __all__ = [
     "Rows",
     "UnpackScope",
     "compact_json",
+    "get_or_none",
     "iter_pages",
     "iter_token_pages",
 ]
@@ -111,3 +112,20 @@ class UnpackScope:
     """Set with ``--import-source-tags``: write ``mlflow_exim.*`` lineage tags."""
     notes: list[str] = field(default_factory=list)
     workers: int = 4
+
+
+def get_or_none(scope: UnpackScope, what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` through the scope's caller, or None when the target says the object does not
+    exist."""
+
+    def attempt() -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn()
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    return scope.call(what, attempt)

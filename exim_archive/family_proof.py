@@ -113,6 +113,11 @@ def _check_registry(report: ProofReport, scope: PackScope, rows: Rows) -> None:
         target_tags[(t["name"], t["version"])][t["key"]] = t["value"]
         if t["key"] == SOURCE_VERSION_TAG and t["value"].isdigit():
             copies[t["name"]][int(t["value"])].append(t["version"])
+    others = {  # versions no unpack made: they may stand for copies of themselves (A -> B -> A)
+        (v["name"], v["version"])
+        for v in got.get("model_versions", [])
+        if SOURCE_VERSION_TAG not in target_tags[(v["name"], v["version"])]
+    }
     target_aliases: dict[str, dict[str, int]] = defaultdict(dict)
     for a in got.get("registered_model_aliases", []):
         target_aliases[a["name"]][a["alias"]] = a["version"]
@@ -141,6 +146,9 @@ def _check_registry(report: ProofReport, scope: PackScope, rows: Rows) -> None:
         for v in sorted(versions[name], key=lambda v: v["version"]):
             number = v["version"]
             found = made.get(number)
+            origin = tags[(name, number)].get(SOURCE_VERSION_TAG, "")
+            if not found and origin.isdigit() and (name, int(origin)) in others:
+                continue  # a copy of a target version: unpack leaves that version
             if not found:
                 # unpack may not create a version whose run or logged model is not in the
                 # archive (MLflow refuses some sources without their run): it says so in a note
@@ -219,10 +227,13 @@ def _check_logged_models(
     for r in got.get("logged_model_metrics", []):
         target_metrics[r["model_id"]].append(r)
     copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    others: set[str] = set()  # models no unpack made
     for m in got.get("logged_models", []):
         source_id = by_target[m["model_id"]]["logged_model_tags"].get(SOURCE_MODEL_TAG)
         if source_id:
             copies[source_id].append(m)
+        else:
+            others.add(m["model_id"])
 
     params: dict[str, dict[str, str]] = defaultdict(dict)
     tags: dict[str, dict[str, str]] = defaultdict(dict)
@@ -246,6 +257,8 @@ def _check_logged_models(
         source_id = model["model_id"]
         label = f"logged model {source_id} ({model['name']!r})"
         twins = copies.get(source_id, [])
+        if not twins and tags[source_id].get(SOURCE_MODEL_TAG) in others:
+            continue  # a copy of a target logged model: unpack leaves that model
         if not twins:
             report.add(f"{label}: missing in the target")
             continue
@@ -394,6 +407,13 @@ def _check_datasets(
     for r in got.get("evaluation_dataset_tags", []):
         if r["key"] == SOURCE_DATASET_TAG:
             copies[str(r["value"])].append(str(r["dataset_id"]))
+    made = {t for found in copies.values() for t in found}
+    others = {str(d["dataset_id"]) for d in got.get("evaluation_datasets", [])} - made
+    origins = {
+        str(r["dataset_id"]): str(r["value"])
+        for r in rows.get("evaluation_dataset_tags", [])
+        if r["key"] == SOURCE_DATASET_TAG
+    }
     target_records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in got.get("evaluation_dataset_records", []):
         target_records[str(r["dataset_id"])].append(r)
@@ -405,6 +425,8 @@ def _check_datasets(
         source_id = str(d["dataset_id"])
         label = f"evaluation dataset {source_id} ({d['name']!r})"
         twins = copies.get(source_id, [])
+        if not twins and origins.get(source_id) in others:
+            continue  # a copy of a target dataset: unpack leaves that dataset
         if not twins:
             report.add(f"{label}: missing in the target")
             continue

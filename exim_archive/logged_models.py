@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact_roots import files_under
-from .families import PackScope, Rows, UnpackScope, compact_json, iter_pages
+from .families import PackScope, Rows, UnpackScope, compact_json, get_or_none, iter_pages
 from .lineage import INCOMPLETE_TAG, PREFIX, object_source_tags
 from .records import ArtifactRecord
 from .sink import KEY_LIMIT, RUN_TAG_VALUE_LIMIT, fit_tags
@@ -210,9 +210,17 @@ def write_logged_models(
     targets = [scope.experiments[m["experiment_id"]] for m in models]
     existing = _existing(scope, targets) if models else {}
     counts = {"logged_models_created": 0, "logged_models_skipped": 0}
+    homes: list[str] = []
     for model in models:
         source_id = model["model_id"]
         found = existing.get(source_id)
+        home = None if found is not None else _home(scope, model, by_model[source_id])
+        if home is not None:
+            scope.logged_models[source_id] = home.model_id
+            scope.model_locations[source_id] = (model["artifact_location"], home.artifact_location)
+            counts["logged_models_skipped"] += 1
+            homes.append(source_id)
+            continue
         if found is not None and INCOMPLETE_TAG not in found.tags:
             scope.logged_models[source_id] = found.model_id
             scope.model_locations[source_id] = (
@@ -280,8 +288,33 @@ def write_logged_models(
             partial(scope.client.delete_logged_model_tag, made.model_id, INCOMPLETE_TAG),
         )
         counts["logged_models_created"] += 1
+    if homes:
+        scope.notes.append(
+            f"{len(homes)} logged model(s) (first: {homes[0]}, a copy of "
+            f"{scope.logged_models[homes[0]]}) are copies of logged models of this target that no "
+            "unpack made (the archive came back to its source): those are left as they are and "
+            "stand for them"
+        )
     counts["model_links"] = _link_runs(scope, rows.get("run_model_io", []))
     return counts
+
+
+def _home(scope: UnpackScope, model: dict[str, Any], parts: dict[str, list[dict[str, Any]]]) -> Any:
+    """The target logged model ``model`` was itself copied from, if it is in the target: the
+    archive was packed from an earlier unpack's target and comes back to the source
+    (A -> B -> A). It is the model its bookkeeping tag names, in the same experiment, made by no
+    unpack."""
+    origin = {t["key"]: t["value"] for t in parts["logged_model_tags"]}.get(SOURCE_MODEL_TAG)
+    if not origin:
+        return None
+    found = get_or_none(
+        scope,
+        f"looking up logged model {origin}",
+        partial(scope.client.get_logged_model, origin),
+    )
+    if found is None or SOURCE_MODEL_TAG in (found.tags or {}):
+        return None
+    return found if found.experiment_id == scope.experiments[model["experiment_id"]] else None
 
 
 def _create(

@@ -26,7 +26,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from .families import PackScope, Rows, UnpackScope, compact_json, iter_pages
+from .families import PackScope, Rows, UnpackScope, compact_json, get_or_none, iter_pages
 from .lineage import PREFIX, object_source_tags
 from .sink import REGISTRY_TAG_VALUE_LIMIT, fit_tags
 from .target_lock import LOCK_NAME
@@ -183,26 +183,6 @@ def _selected(
 # -- unpack ----------------------------------------------------------------------------------
 
 
-def _not_found(exc: Exception) -> bool:
-    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
-
-
-def _get(scope: UnpackScope, what: str, fn: Any) -> Any:
-    """``fn()``, or None when the target says the object does not exist."""
-
-    def attempt() -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return fn()
-        except MlflowException as exc:
-            if _not_found(exc):
-                return None
-            raise
-
-    return scope.call(what, attempt)
-
-
 class _RegistryWriter:
     def __init__(self, scope: UnpackScope, rows: Rows) -> None:
         self.scope = scope
@@ -273,7 +253,7 @@ class _RegistryWriter:
 
     def place_model(self, model: dict[str, Any], tags: dict[str, str]) -> bool:
         name = model["name"]
-        found = _get(
+        found = get_or_none(
             self.scope,
             f"looking up registered model {name!r}",
             lambda: self.registry.get_registered_model(name),
@@ -282,7 +262,7 @@ class _RegistryWriter:
         if found is None:
 
             def landed() -> Any:
-                return _get(
+                return get_or_none(
                     self.scope,
                     f"looking up registered model {name!r}",
                     lambda: self.registry.get_registered_model(name),
@@ -333,7 +313,7 @@ class _RegistryWriter:
         return [v for page in pages for v in page]
 
     def get_version(self, name: str, number: int) -> Any:
-        return _get(
+        return get_or_none(
             self.scope,
             f"looking up version {number} of {name!r}",
             lambda: self.registry.get_model_version(name, str(number)),
@@ -350,11 +330,14 @@ class _RegistryWriter:
         numbers: dict[int, int] = {}
         wanted = {v["version"]: v for v in versions}
         present: dict[str, int] = {}  # source number (its tag) -> target number
+        others: dict[int, Any] = {}  # versions no unpack made, by number
         foreign = False
+        homes: list[int] = []
         for current in self.target_versions(name, model["kind"], max(wanted, default=0)):
             number, tag = int(current.version), current.tags.get(SOURCE_VERSION_TAG)
             if tag is None:
                 foreign = True
+                others[number] = current
             elif tag.isdigit() and number < int(tag):
                 # a gap placeholder an interrupted unpack left behind (only those are
                 # ever created below their source number)
@@ -366,10 +349,22 @@ class _RegistryWriter:
                 numbers[number] = present[str(number)]
                 self.counts["model_versions_skipped"] += 1
                 continue
+            home = self.home_version(model, wanted[number], vtags[(name, number)], others)
+            if home is not None:
+                numbers[number] = home
+                homes.append(number)
+                self.counts["model_versions_skipped"] += 1
+                continue
             made = self.create_version(model, wanted[number], vtags[(name, number)], number)
             if made is not None:
                 numbers[number] = made
                 foreign = foreign or made != number
+        if homes:
+            self.notes(
+                f"registered model {name!r}: {len(homes)} version(s) (first: {homes[0]}) are "
+                "copies of versions of this target that no unpack made (the archive came back "
+                "to its source): those are left as they are and stand for them"
+            )
         if foreign:
             moved = {k: v for k, v in numbers.items() if k != v}
             if moved:
@@ -383,6 +378,26 @@ class _RegistryWriter:
             if stage and stage != "None":
                 self.set_stage(name, target, stage)
         return numbers
+
+    def home_version(
+        self, model: dict[str, Any], v: dict[str, Any], tags: dict[str, str], others: dict[int, Any]
+    ) -> int | None:
+        """The target version ``v`` was itself copied from, if it is here: the archive was
+        packed from an earlier unpack's target and comes back to the source (A -> B -> A). It
+        is the version its bookkeeping tag numbers, made by no unpack, with the run and the
+        source a copy of ``v`` would get (the run and logged model ``v``'s stand for)."""
+        origin = tags.get(SOURCE_VERSION_TAG, "")
+        current = others.get(int(origin)) if origin.isdigit() else None
+        if current is None:
+            return None
+        if model["kind"] == "prompt":
+            return int(current.version) if current.source == v["source"] else None
+        run_id = self.target_run(v["run_id"])
+        if (current.run_id or None) != run_id:
+            return None
+        model_id = self.scope.logged_models.get(v["model_id"] or "")
+        same = current.source == self.rewrite_source(v, run_id, model_id)
+        return int(current.version) if same else None
 
     def delete_version(self, name: str, number: int) -> None:
         def gone() -> bool | None:

@@ -280,3 +280,29 @@ def test_registry_rules_without_a_server(monkeypatch: pytest.MonkeyPatch) -> Non
         "registered model 'm': alias 'c' names version 1 in the target, not the copy of version 4",
         "prompt 'p': the target has a model of that name (nothing of it written)",
     ]
+
+
+def test_families_back_to_their_source_are_not_copied_again(
+    tmp_path: Path, new_sqlite: NewStore
+) -> None:
+    """A -> B -> A: B's logged model, versions (of a model and of a prompt) and evaluation
+    dataset name A's in their bookkeeping tags; unpacked into A again, A's objects stand for
+    them (nothing created, the champion alias stays on its version) and the proof passes."""
+    from families_workload import seed_families, snapshot_families
+
+    a, b = new_sqlite("a"), new_sqlite("b")
+    seed_families(a, "home", tmp_path / "art")
+    before = snapshot_families(a, "home")
+    pack(tmp_path / "ab.exim", tracking_uri=a)
+    unpack(tmp_path / "ab.exim", tracking_uri=b, import_source_tags=True)
+    pack(tmp_path / "ba.exim", tracking_uri=b)
+    back = unpack(tmp_path / "ba.exim", tracking_uri=a, import_source_tags=True)
+    created = {k: v for k, v in back.families.items() if k.endswith("_created") and v}
+    assert created == {}, back.families
+    assert back.families["model_versions_skipped"] == 4
+    assert back.families["logged_models_skipped"] == back.families["datasets_skipped"] == 1
+    assert snapshot_families(a, "home") == before
+    said = [n for n in back.notes if "no unpack made" in n]
+    assert len(said) == 5, back.notes  # runs, logged models, two registered models, datasets
+    proof = check_against(tmp_path / "ba.exim", tracking_uri=a)
+    assert proof.ok, proof.problems
