@@ -59,6 +59,9 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _COMPRESS_MIN_SIZE = 64
 _COMPRESS_MAX_RATIO = 0.9
 _IN_MEMORY_SIZE = 256 * 1024
+_HELD_BYTES = 64 * 1024 * 1024
+"""Most bytes of small blobs held in memory until the archive is written; later ones are
+staged as files (memory stays bounded whatever the number of runs)."""
 """Files up to this size are compressed in memory (zstandard's one-shot ``compress`` gives the
 same frame as ``copy_stream`` at these sizes: a single block)."""
 
@@ -224,6 +227,9 @@ class ArchiveWriter:
         self._runs: list[RunRecord] = []
         self._artifacts: list[ArtifactRecord] = []
         self._blobs: dict[str, tuple[str, str]] = {}
+        self._held: dict[str, bytes] = {}
+        """Small blob members kept in memory until :meth:`finish` (up to :data:`_HELD_BYTES`)."""
+        self._held_bytes = 0
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         """Rows of the tables format 1.1 added (registry, logged models, traces, datasets)."""
         self._metrics = _MetricsWriter(self._staging / "tables" / "metrics")
@@ -302,7 +308,14 @@ class ArchiveWriter:
                 if len(packed) <= size * _COMPRESS_MAX_RATIO
                 else (raw_member, "none")
             )
-            (self._staging / member).write_bytes(packed if compression == "zstd" else data)
+            payload = packed if compression == "zstd" else data
+            if self._held_bytes + len(payload) <= _HELD_BYTES:
+                # no file at all: a staging file, its re-read for the manifest and its copy
+                # into the archive cost ~1.5 ms a blob on this disk, whatever its size
+                self._held[member] = payload
+                self._held_bytes += len(payload)
+            else:
+                (self._staging / member).write_bytes(payload)
             return member, compression
         if size >= _COMPRESS_MIN_SIZE:
             member = raw_member + ".zst"
@@ -461,6 +474,8 @@ class ArchiveWriter:
         for path in sorted(p for p in self._staging.rglob("*") if p.is_file()):
             rel = path.relative_to(self._staging).as_posix()
             members.append(MemberEntry(rel, path.stat().st_size, _sha256_file(path)))
+        for name, data in self._held.items():
+            members.append(MemberEntry(name, len(data), hashlib.sha256(data).hexdigest()))
         members.sort(key=lambda m: m.path)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -478,7 +493,11 @@ class ArchiveWriter:
             _write_member(zf, MANIFEST_MEMBER, manifest_bytes)
             _write_member(zf, MANIFEST_DIGEST_MEMBER, digest_bytes)
             for entry in members:
-                _copy_member(zf, entry, self._staging / entry.path)
+                held = self._held.get(entry.path)
+                if held is not None:
+                    _write_member(zf, entry.path, held)
+                else:
+                    _copy_member(zf, entry, self._staging / entry.path)
         with open(self._partial, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(self._partial, self.destination)
@@ -487,6 +506,7 @@ class ArchiveWriter:
 
     def abort(self) -> None:
         """Remove everything this writer made; the destination is left untouched."""
+        self._held.clear()
         shutil.rmtree(self._staging, ignore_errors=True)
         self._partial.unlink(missing_ok=True)
 
