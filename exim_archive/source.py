@@ -252,13 +252,9 @@ class MlflowSource:
             # MLflow cannot reach them from a database URI (and its error names no way out)
             return self.artifact_roots.run_files(self, run, destination)
         repo = self._artifact_repo(uri) if uri else None
-        top = self.call(
-            f"listing artifacts of run {run.run_id}",
-            repo.list_artifacts if repo else partial(self.client.list_artifacts, run.run_id),
-        )
-        if not top:
-            return []
 
+        # MLflow's download of the whole tree lists it first (an empty run downloads nothing):
+        # a listing of ours before it was one more request per run.
         def download() -> Path:
             shutil.rmtree(destination, ignore_errors=True)
             destination.mkdir(parents=True)
