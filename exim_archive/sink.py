@@ -7,7 +7,6 @@ MLflow types start here. Calls go through :func:`translating`, so a failure leav
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from . import log_batch
 from . import tables as T
 from .artifact_roots import PROXIED, ArtifactRoots, files_under
 from .errors import TargetError
@@ -69,16 +68,8 @@ def fit_tags(tags: Mapping[str, str], value_limit: int, what: str) -> Fitted:
     return Fitted(out, notes)
 
 
-METRICS_PER_BATCH = 1000
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
-_NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-PARAMS_PER_BATCH = 100
-TAGS_PER_BATCH = 100
 _PAGE = 50_000
-RIDER_CHARS = 200_000
-"""Most characters of params and tags sent in one request with each other or with points: a
-proxy in front of a server may refuse a body over 1 MB (nginx's default), which 100 params of
-6,000 characters and 100 tags of 8,000 would pass."""
 
 
 @dataclass(frozen=True)
@@ -102,47 +93,6 @@ class ExistingRun:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def log_batch_body(run_id: str, points: pa.Table) -> dict[str, Any]:
-    """A ``runs/log-batch`` request body for metric points (``key``, ``step``, ``timestamp``,
-    ``value`` columns) as MLflow's client sends it: NaN and infinities as proto JSON strings."""
-    values: list[Any] = points.column("value").to_pylist()
-    if not pc.all(pc.is_finite(points.column("value"))).as_py():
-        values = [v if math.isfinite(v) else _NOT_FINITE[repr(v)] for v in values]
-    metrics = [
-        {"key": k, "value": v, "timestamp": t, "step": s}
-        for k, v, t, s in zip(
-            T.pylist(points.column("key")),
-            values,
-            points.column("timestamp").to_pylist(),
-            points.column("step").to_pylist(),
-            strict=True,
-        )
-    ]
-    return {"run_id": run_id, "metrics": metrics}
-
-
-def _chars(pairs: Iterable[tuple[str, str]]) -> int:
-    return sum(len(k) + len(v) for k, v in pairs)
-
-
-def _rider(
-    params: Sequence[tuple[str, str]], tags: Mapping[str, str]
-) -> dict[str, list[dict[str, str]]] | None:
-    """Params and tags as ``log-batch`` body parts, if they can share a request with points:
-    at most :data:`PARAMS_PER_BATCH` and :data:`TAGS_PER_BATCH`, and small (MLflow refuses a
-    request body over 1 MB; 1,000 points take ~80 KB). None when there are none to send."""
-    if not params and not tags:
-        return None
-    if len(params) > PARAMS_PER_BATCH or len(tags) > TAGS_PER_BATCH:
-        return None
-    if _chars(params) + _chars(tags.items()) > RIDER_CHARS:
-        return None
-    return {
-        "params": [{"key": k, "value": v} for k, v in params],
-        "tags": [{"key": k, "value": v} for k, v in sorted(tags.items())],
-    }
 
 
 class MlflowSink:
@@ -310,16 +260,17 @@ class MlflowSink:
     def log_params_and_tags(
         self, run_id: str, params: Sequence[tuple[str, str]], tags: Mapping[str, str]
     ) -> None:
-        """Params and tags, up to :data:`PARAMS_PER_BATCH` of each in one ``log_batch`` call."""
+        """Params and tags, up to 100 of each in one ``log_batch`` call (each alone where
+        large: :data:`.log_batch.RIDER_CHARS`)."""
         from mlflow.entities import Param, RunTag
 
-        param_chunks = list(_chunks(params, PARAMS_PER_BATCH))
-        tag_chunks = list(_chunks(sorted(tags.items()), TAGS_PER_BATCH))
+        param_chunks = list(_chunks(params, log_batch.PARAMS_PER_BATCH))
+        tag_chunks = list(_chunks(sorted(tags.items()), log_batch.TAGS_PER_BATCH))
         pairs: list[tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]]] = []
         for i in range(max(len(param_chunks), len(tag_chunks))):
             some = param_chunks[i] if i < len(param_chunks) else ()
             more = tag_chunks[i] if i < len(tag_chunks) else ()
-            if _chars(some) + _chars(more) <= RIDER_CHARS:
+            if log_batch.text_size(some) + log_batch.text_size(more) <= log_batch.RIDER_CHARS:
                 pairs.append((some, more))
             else:  # large values: each in its own request (a proxy may refuse bodies over 1 MB)
                 pairs += [(some, ()), ((), more)]
@@ -351,7 +302,7 @@ class MlflowSink:
             for piece in pieces:
                 self.log_metrics(run_id, piece)
             return
-        rider = _rider(params, tags) if uri_kind(self.uri) == "http" else None
+        rider = log_batch.rider(params, tags) if uri_kind(self.uri) == "http" else None
         if rider is None:
             self.log_params_and_tags(run_id, params, tags)
         for piece in pieces:
@@ -387,28 +338,18 @@ class MlflowSink:
         metrics = [
             Metric(k, v, t, s) for k, v, t, s in zip(keys, values, stamps, steps, strict=True)
         ]
-        for chunk in _chunks(metrics, METRICS_PER_BATCH):
+        for chunk in _chunks(metrics, log_batch.METRICS_PER_BATCH):
             self.call(
                 f"logging metrics of run {run_id}",
                 partial(self.client.log_batch, run_id, metrics=list(chunk)),
             )
 
     def _post_points(
-        self, run_id: str, points: pa.Table, rider: dict[str, list[dict[str, str]]] | None = None
+        self, run_id: str, points: pa.Table, rider: log_batch.Rider | None = None
     ) -> None:
-        """Points as ``log-batch`` request bodies made straight from the columns (MLflow's client
-        spends ~10 ms of the shared CPU per 1,000 points on Metric objects, protobuf and JSON,
-        this ~1 ms); ``rider``'s params and tags go in the first, in place of as many points."""
-        offset = 0
-        if rider is not None:
-            room = METRICS_PER_BATCH - len(rider["params"]) - len(rider["tags"])
-            body = {**log_batch_body(run_id, points.slice(0, room)), **rider}
-            what = f"logging params, tags and metrics of run {run_id}"
-            self.call(what, partial(self._log_batch, body))
-            offset = room
-        for start in range(offset, points.num_rows, METRICS_PER_BATCH):
-            body = log_batch_body(run_id, points.slice(start, METRICS_PER_BATCH))
-            self.call(f"logging metrics of run {run_id}", partial(self._log_batch, body))
+        """Points (and ``rider``'s params and tags, in the first) as ``log-batch`` bodies."""
+        for what, body in log_batch.bodies(run_id, points, rider):
+            self.call(f"logging {what} of run {run_id}", partial(self._log_batch, body))
 
     def _log_batch(self, body: dict[str, Any]) -> None:
         """POST one ``runs/log-batch`` body; errors as MLflow's client raises them."""

@@ -86,3 +86,37 @@ def test_unpack_over_http_makes_a_fixed_few_requests_per_run(
 
     proof = check_against(archive, tracking_uri=target_server.url)
     assert proof.ok, proof.problems
+
+
+def test_params_and_tags_ride_only_when_few_and_small() -> None:
+    import pyarrow as pa
+
+    from exim_archive import log_batch
+    from exim_archive import tables as T
+
+    n = 2500
+    points = pa.table(
+        {
+            "run_id": pa.array(["r"] * n),
+            "key": pa.array(["m"] * n),
+            "step": pa.array(range(n), pa.int64()),
+            "timestamp": pa.array(range(n), pa.int64()),
+            "value": pa.array([float(i) for i in range(n)]),
+        }
+    ).cast(T.METRIC_POINTS)
+    params = [(f"p{i}", "v") for i in range(3)]
+    rider = log_batch.rider(params, {"mlflow.parentRunId": "x"})
+    assert rider is not None
+    bodies = list(log_batch.bodies("r", points, rider))
+    assert [what for what, _ in bodies] == ["params, tags and metrics", "metrics", "metrics"]
+    first = bodies[0][1]
+    assert len(first["metrics"]) + len(first["params"]) + len(first["tags"]) == 1000
+    assert sum(len(b["metrics"]) for _, b in bodies) == n  # every point once, in order
+    assert [m["step"] for _, b in bodies for m in b["metrics"]] == list(range(n))
+    assert all("params" not in b for _, b in bodies[1:])
+
+    assert log_batch.rider([], {}) is None
+    assert log_batch.rider([(f"p{i}", "v") for i in range(101)], {}) is None  # over 100 params
+    big = [(f"p{i}", "x" * 6000) for i in range(34)]  # 204,000+ characters
+    assert log_batch.rider(big, {}) is None
+    assert log_batch.rider(big[:33], {}) is not None

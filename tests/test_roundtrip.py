@@ -412,7 +412,7 @@ def test_log_batch_body_is_what_mlflow_client_sends() -> None:
     from mlflow.protos.service_pb2 import LogBatch
     from mlflow.utils.proto_json_utils import message_to_json
 
-    from exim_archive.sink import log_batch_body
+    from exim_archive.log_batch import log_batch_body
 
     rows = [
         ("a", 0, T0, 0.1),
