@@ -59,11 +59,11 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _COMPRESS_MIN_SIZE = 64
 _COMPRESS_MAX_RATIO = 0.9
 _IN_MEMORY_SIZE = 256 * 1024
+"""Files up to this size are compressed in memory (zstandard's one-shot ``compress`` gives the
+same frame as ``copy_stream`` at these sizes: a single block)."""
 _HELD_BYTES = 64 * 1024 * 1024
 """Most bytes of small blobs held in memory until the archive is written; later ones are
 staged as files (memory stays bounded whatever the number of runs)."""
-"""Files up to this size are compressed in memory (zstandard's one-shot ``compress`` gives the
-same frame as ``copy_stream`` at these sizes: a single block)."""
 
 
 def _parquet_writer(path: Path, spec: T.TableSpec) -> pq.ParquetWriter:

@@ -109,8 +109,8 @@ class MlflowSink:
         # Runs of one experiment share dataset rows; MLflow's insert-if-absent races between
         # concurrent log_inputs calls (UNIQUE constraint on datasets), so they go one at a time.
         self._inputs_lock = threading.Lock()
-        self._artifact_uris: dict[str, str | None] = {}  # of the runs this sink created
-        self._new_runs: set[str] = set()  # created by this sink: nothing but create_run's tags
+        self._artifact_uris: dict[str, str | None] = {}
+        """Of the runs this sink created (they hold nothing but ``create_run``'s tags)."""
         self._pending: dict[str, tuple[list[tuple[str, str]], dict[str, str]]] = {}
         """Params and tags of new runs held for :meth:`finish_run` (direct SQL)."""
         self.call = Caller(
@@ -247,7 +247,6 @@ class MlflowSink:
                 run_name=run.run_name,
             )
             self._artifact_uris[str(created.info.run_id)] = created.info.artifact_uri
-            self._new_runs.add(str(created.info.run_id))
             return str(created.info.run_id)
 
         def landed() -> str | None:
@@ -297,7 +296,7 @@ class MlflowSink:
         on (each request ~10 ms of its CPU, whatever it carries). On a database with direct
         SQL, a run this sink created keeps its params and tags for :meth:`finish_run`, which
         writes them with its end in one transaction."""
-        if run_id in self._new_runs and self._sql_metrics.get() is not None:
+        if run_id in self._artifact_uris and self._sql_metrics.get() is not None:
             self._pending[run_id] = (list(params), dict(tags))
             for piece in pieces:
                 self.log_metrics(run_id, piece)
@@ -410,11 +409,16 @@ class MlflowSink:
         keeps them (a served URI resolved through the destination)."""
         if uri_kind(self.uri) not in ("database", "file"):
             return None
-        uri = self.artifact_uri(run_id) or ""
+        where = self._store_location(run_id)
+        return ArtifactRoots.local_folder(where) if where else None
+
+    def _store_location(self, run_id: str) -> str | None:
+        """Where a database or file store's run keeps its files: its artifact URI, a served
+        one resolved through the destination (MLflow cannot reach those from here)."""
+        uri = self.artifact_uri(run_id)
         if not uri:
             return None
-        where = self._resolved(run_id, uri) if uri.startswith(PROXIED) else uri
-        return ArtifactRoots.local_folder(where)
+        return self._resolved(run_id, uri) if uri.startswith(PROXIED) else uri
 
     def log_artifacts(self, run_id: str, directory: Path) -> None:
         """Upload a folder's files into the run's artifact location, found from the URI
@@ -423,15 +427,15 @@ class MlflowSink:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         kind = uri_kind(self.uri)
-        uri = self.artifact_uri(run_id) if kind in ("http", "database", "file") else None
-        if not uri:  # another kind of tracking URI: MLflow's way (it may add credentials)
+        if kind == "http":
+            uri = self.artifact_uri(run_id)
+            repo = get_artifact_repository(uri, tracking_uri=self.uri) if uri else None
+        else:
+            where = self._store_location(run_id) if kind in ("database", "file") else None
+            repo = get_artifact_repository(where) if where else None
+        if repo is None:  # another kind of tracking URI: MLflow's way (it may add credentials)
             upload = partial(self.client.log_artifacts, run_id, os.fspath(directory))
-        elif kind == "http":
-            repo = get_artifact_repository(uri, tracking_uri=self.uri)
-            upload = partial(repo.log_artifacts, os.fspath(directory))
-        else:  # a database target may hold served URIs: through the destination
-            where = self._resolved(run_id, uri) if uri.startswith(PROXIED) else uri
-            repo = get_artifact_repository(where)
+        else:
             upload = partial(repo.log_artifacts, os.fspath(directory))
         self.call(f"uploading artifacts of run {run_id}", upload)
 
@@ -457,11 +461,11 @@ class MlflowSink:
 
         ends = run.status != "RUNNING" or run.end_time is not None
         held = self._pending.pop(run_id, None)
-        fast = self._sql_metrics.get() if held is not None else None
+        fast = self._sql_metrics.get()
         if held is not None and fast is not None:
             status = RunStatus.to_string(RunStatus.from_string(run.status)) if ends else None
             end_time = run.end_time if ends else None
-            finish = partial(fast.finish_new_run, run_id, *held, status, end_time, INCOMPLETE_TAG)
+            finish = partial(fast.finisher.finish, run_id, *held, status, end_time, INCOMPLETE_TAG)
             self.call(f"finishing run {run_id}", finish, before_retry=already_gone)
             return
         if ends:

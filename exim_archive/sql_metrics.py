@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -153,14 +153,3 @@ class SqlMetrics:
 
     def write(self, run_id: str, points: pa.Table) -> None:
         self.writer.write(run_id, points)
-
-    def finish_new_run(
-        self,
-        run_id: str,
-        params: Sequence[tuple[str, str]],
-        tags: Mapping[str, str],
-        status: str | None,
-        end_time: int | None,
-        marker: str,
-    ) -> None:
-        self.finisher.finish(run_id, params, tags, status, end_time, marker)

@@ -424,7 +424,7 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     assert fast is not None and note is None
     run = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     c.log_batch(run, params=[Param("clash", "before")])
-    end = partial(fast.finish_new_run, run, status="FINISHED", end_time=T0 + 9)
+    end = partial(fast.finisher.finish, run, status="FINISHED", end_time=T0 + 9)
     with pytest.raises(sa.exc.IntegrityError):  # a param already there: nothing lands
         end([("a", "1"), ("clash", "after")], {"t": "v"}, marker=INCOMPLETE_TAG)
     got = c.get_run(run)
@@ -444,7 +444,7 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     assert "c" not in c.get_run(run).data.params
 
     running = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
-    fast.finish_new_run(running, [], {}, None, None, INCOMPLETE_TAG)  # RUNNING, no end: as is
+    fast.finisher.finish(running, [], {}, None, None, INCOMPLETE_TAG)  # RUNNING, no end: as is
     got = c.get_run(running)
     assert (got.info.status, got.info.end_time) == ("RUNNING", None)
     assert INCOMPLETE_TAG not in got.data.tags
@@ -452,7 +452,7 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     gone = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     c.delete_run(gone)
     with pytest.raises(MlflowException, match="not an active run"):
-        fast.finish_new_run(gone, [("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG)
+        fast.finisher.finish(gone, [("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG)
 
 
 def test_untested_revision_writes_through_the_api(
