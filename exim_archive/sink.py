@@ -237,11 +237,19 @@ class MlflowSink:
         from mlflow.entities import RunTag
 
         start = run.start_time if run.start_time is not None else int(time.time() * 1000)
+        user = run.user_id if run.user_id is not None else "unknown"
+        fast = self._sql_metrics.get()
 
         def create() -> str:
+            if fast is not None:  # MLflow's create_run in one transaction (sql_run_writer)
+                run_id, artifact_uri = fast.runs.create(
+                    experiment_id, user, start, dict(sorted(tags.items())), run.run_name
+                )
+                self._artifact_uris[run_id] = artifact_uri
+                return run_id
             created = self._store.create_run(
                 experiment_id=experiment_id,
-                user_id=run.user_id if run.user_id is not None else "unknown",
+                user_id=user,
                 start_time=start,
                 tags=[RunTag(k, v) for k, v in sorted(tags.items())],
                 run_name=run.run_name,
@@ -465,7 +473,7 @@ class MlflowSink:
         if held is not None and fast is not None:
             status = RunStatus.to_string(RunStatus.from_string(run.status)) if ends else None
             end_time = run.end_time if ends else None
-            finish = partial(fast.finisher.finish, run_id, *held, status, end_time, INCOMPLETE_TAG)
+            finish = partial(fast.runs.finish, run_id, *held, status, end_time, INCOMPLETE_TAG)
             self.call(f"finishing run {run_id}", finish, before_retry=already_gone)
             return
         if ends:

@@ -1,7 +1,7 @@
 """Whether metric points may go straight through SQL, below MLflow's store layer, and the one
 object that does it for a store (:class:`SqlMetrics`: :mod:`.sql_point_reader` for pack,
-:mod:`.sql_point_writer` for unpack, and :mod:`.sql_run_writer` for the end of the runs unpack
-creates: their params, late tags and status in one transaction).
+:mod:`.sql_point_writer` for unpack, and :mod:`.sql_run_writer` for the runs unpack creates:
+their start, and their params, late tags and status in one transaction at the end).
 
 Metric points are the bulk of any archive, and MLflow's store spends Python objects, a session
 and (on write) a latest-metric merge on every batch of them. On a database tracking URI
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .sql_point_reader import PointReader
 from .sql_point_writer import PointWriter
-from .sql_run_writer import RunFinisher
+from .sql_run_writer import NewRuns
 from .uri import redact_uri, uri_kind
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class SqlMetrics:
         self.engine = engine
         self.reader = PointReader(engine.dialect.name, engine.dialect.driver, self._raw_connection)
         self.writer = PointWriter(engine)
-        self.finisher = RunFinisher(engine)
+        self.runs = NewRuns(engine)
 
     @contextmanager
     def _raw_connection(self) -> Iterator[Any]:

@@ -6,6 +6,7 @@ MLflow's API with a note."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import sqlite3
 from collections import defaultdict
@@ -18,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewStore
 from mlflow import MlflowClient
-from mlflow.entities import Metric
-from mlflow.store.tracking.dbmodels.models import SqlLatestMetric
+from mlflow.entities import Metric, RunTag
+from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
 from workload import T0, seed_rich, snapshot
 
 from exim_archive import pack, sql_columns, sql_metrics, sql_point_reader, sql_point_writer, unpack
@@ -424,7 +425,7 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     assert fast is not None and note is None
     run = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     c.log_batch(run, params=[Param("clash", "before")])
-    end = partial(fast.finisher.finish, run, status="FINISHED", end_time=T0 + 9)
+    end = partial(fast.runs.finish, run, status="FINISHED", end_time=T0 + 9)
     with pytest.raises(sa.exc.IntegrityError):  # a param already there: nothing lands
         end([("a", "1"), ("clash", "after")], {"t": "v"}, marker=INCOMPLETE_TAG)
     got = c.get_run(run)
@@ -444,7 +445,7 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     assert "c" not in c.get_run(run).data.params
 
     running = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
-    fast.finisher.finish(running, [], {}, None, None, INCOMPLETE_TAG)  # RUNNING, no end: as is
+    fast.runs.finish(running, [], {}, None, None, INCOMPLETE_TAG)  # RUNNING, no end: as is
     got = c.get_run(running)
     assert (got.info.status, got.info.end_time) == ("RUNNING", None)
     assert INCOMPLETE_TAG not in got.data.tags
@@ -452,7 +453,64 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     gone = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     c.delete_run(gone)
     with pytest.raises(MlflowException, match="not an active run"):
-        fast.finisher.finish(gone, [("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG)
+        fast.runs.finish(gone, [("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG)
+
+
+def _run_rows(uri: str, run_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The run's ``runs`` row (its id and artifact URI generalised) and its tags, as stored."""
+    engine = sa.create_engine(uri)
+    try:
+        runs, t = SqlRun.__table__, SqlTag.__table__
+        with engine.connect() as conn:
+            row = dict(
+                conn.execute(sa.select(runs).where(runs.c.run_uuid == run_id)).one()._mapping
+            )
+            tags = conn.execute(sa.select(t.c.key, t.c.value).where(t.c.run_uuid == run_id)).all()
+    finally:
+        engine.dispose()
+    row["artifact_uri"] = row["artifact_uri"].replace(run_id, "<id>")
+    row["run_uuid"] = len(row["run_uuid"])
+    return row, {str(k): str(v) for k, v in tags}
+
+
+def test_a_new_run_starts_as_mlflows_create_run_makes_it(db_uri: str) -> None:
+    """sql_run_writer.create: the same runs row and tags as MLflow's store, the same refusals."""
+    from mlflow.exceptions import MlflowException
+
+    c = MlflowClient(db_uri)
+    store = c._tracking_client.store
+    exp = c.create_experiment("start", artifact_location="s3://bucket/some/where")
+    fast, _ = sql_metrics.open_fast_path(store, db_uri)
+    assert fast is not None
+    tags = {"a": "1", "mlflow.user": "ann", "x" * 250: "ü" * 8000}
+    cases: list[tuple[dict[str, str], str | None]] = [
+        (tags, "named"),  # name given, tag added
+        ({**tags, "mlflow.runName": "named"}, "named"),  # both, agreeing
+        ({**tags, "mlflow.runName": "by-tag"}, None),  # the tag names it
+    ]
+    for run_tags, name in cases:
+        theirs = store.create_run(exp, "ann", T0, [RunTag(k, v) for k, v in run_tags.items()], name)
+        ours, uri = fast.runs.create(exp, "ann", T0, run_tags, name)
+        assert (
+            uri == c.get_run(ours).info.artifact_uri == f"s3://bucket/some/where/{ours}/artifacts"
+        )
+        assert _run_rows(db_uri, ours) == _run_rows(db_uri, theirs.info.run_id)
+
+    ours, _ = fast.runs.create(exp, "ann", T0, {}, None)  # no name: one generated, as MLflow does
+    got = c.get_run(ours)
+    assert re.fullmatch(r"[a-z]+-[a-z]+-\d{1,3}", got.info.run_name)
+    assert got.data.tags == {"mlflow.runName": got.info.run_name}
+
+    before = len(c.search_runs([exp]))
+    with pytest.raises(MlflowException, match=r"'run_name' argument and 'mlflow\.runName' tag"):
+        fast.runs.create(exp, "ann", T0, {"mlflow.runName": "one"}, "other")
+    with pytest.raises(MlflowException, match="No Experiment with id=987654 exists"):
+        fast.runs.create("987654", "ann", T0, {}, "r")
+    c.delete_experiment(exp)
+    with pytest.raises(MlflowException, match=f"The experiment {exp} must be in the 'active'"):
+        fast.runs.create(exp, "ann", T0, {}, "r")
+    c.restore_experiment(exp)
+    assert len(c.search_runs([exp])) == before  # refusals left nothing behind
 
 
 def test_untested_revision_writes_through_the_api(
