@@ -32,14 +32,23 @@ def files_under(folder: Path) -> list[tuple[str, Path]]:
     """(path relative to ``folder``, file) of every file below ``folder``, sorted by path.
 
     Links to files count, links to folders are not entered, as with ``Path.rglob`` on Python
-    3.11; ``os.walk`` costs half of it (a pack of 1,000 small runs spent a fifth of its time in
-    ``rglob``)."""
+    3.11 (a pack of 1,000 small runs spent a fifth of its time in ``rglob``). One ``scandir``
+    per folder, whose entries know their type: no ``stat`` but for links, no path arithmetic.
+    Folders that cannot be listed are skipped, as ``os.walk`` does."""
     out: list[tuple[str, Path]] = []
-    for root, _dirs, names in os.walk(folder):
-        for name in names:
-            full = os.path.join(root, name)
-            if os.path.isfile(full):
-                out.append((os.path.relpath(full, folder).replace(os.sep, "/"), Path(full)))
+    pending = [(os.fspath(folder), "")]
+    while pending:
+        directory, prefix = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((entry.path, f"{prefix}{entry.name}/"))
+            elif entry.is_file():  # a link to a file counts
+                out.append((prefix + entry.name, Path(entry.path)))
     out.sort()
     return out
 

@@ -289,34 +289,45 @@ class ArchiveWriter:
             self._rows[name].extend(items)
 
     def _blob_record(self, owner: str, path: str, local_file: Path) -> ArtifactRecord:
-        sha = _sha256_file(local_file)
-        size = local_file.stat().st_size
+        """A file up to :data:`_IN_MEMORY_SIZE` is read once (hash, size and blob from the same
+        bytes); a larger one is hashed, then streamed into its blob."""
+        data: bytes | None = None
+        if local_file.stat().st_size <= _IN_MEMORY_SIZE:
+            data = local_file.read_bytes()
+            sha, size = hashlib.sha256(data).hexdigest(), len(data)
+        else:
+            sha, size = _sha256_file(local_file), local_file.stat().st_size
         if sha not in self._blobs:
-            self._blobs[sha] = self._store_blob(sha, size, local_file)
+            self._blobs[sha] = (
+                self._hold_blob(sha, data)
+                if data is not None
+                else self._store_blob(sha, size, local_file)
+            )
         member, compression = self._blobs[sha]
         return ArtifactRecord(owner, path, size, sha, member, compression)
 
-    def _store_blob(self, sha: str, size: int, local_file: Path) -> tuple[str, str]:
-        raw_member = f"blobs/{sha}"
-        if _COMPRESS_MIN_SIZE <= size <= _IN_MEMORY_SIZE:
-            # Decided in memory: one file made, where trying on disk made (and removed) a
-            # second for every file that does not compress (~0.75 ms each on this disk).
-            data = local_file.read_bytes()
+    def _hold_blob(self, sha: str, data: bytes) -> tuple[str, str]:
+        """A small file's blob, compressed or not as decided in memory, and held there until
+        the archive is written (within :data:`_HELD_BYTES`; staged as a file past that): a
+        staging file, its re-read for the manifest and its copy into the archive cost ~1.5 ms
+        a blob on this disk, whatever its size. zstandard's one-shot ``compress`` gives the
+        same frame as ``copy_stream`` at these sizes (a single block): same bytes either way."""
+        member, compression, payload = f"blobs/{sha}", "none", data
+        if len(data) >= _COMPRESS_MIN_SIZE:
             packed = self._compressor.compress(data)
-            member, compression = (
-                (raw_member + ".zst", "zstd")
-                if len(packed) <= size * _COMPRESS_MAX_RATIO
-                else (raw_member, "none")
-            )
-            payload = packed if compression == "zstd" else data
-            if self._held_bytes + len(payload) <= _HELD_BYTES:
-                # no file at all: a staging file, its re-read for the manifest and its copy
-                # into the archive cost ~1.5 ms a blob on this disk, whatever its size
-                self._held[member] = payload
-                self._held_bytes += len(payload)
-            else:
-                (self._staging / member).write_bytes(payload)
-            return member, compression
+            if len(packed) <= len(data) * _COMPRESS_MAX_RATIO:
+                member, compression, payload = f"blobs/{sha}.zst", "zstd", packed
+        if self._held_bytes + len(payload) <= _HELD_BYTES:
+            self._held[member] = payload
+            self._held_bytes += len(payload)
+        else:
+            (self._staging / member).write_bytes(payload)
+        return member, compression
+
+    def _store_blob(self, sha: str, size: int, local_file: Path) -> tuple[str, str]:
+        """A large file's blob, streamed through the compressor into a staging file (kept
+        only if it saves a tenth), else copied as it is."""
+        raw_member = f"blobs/{sha}"
         if size >= _COMPRESS_MIN_SIZE:
             member = raw_member + ".zst"
             target = self._staging / member
