@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from . import tables as T
+from .artifact_roots import files_under
 from .errors import UsageError
 from .manifest import (
     FORMAT_VERSION,
@@ -64,6 +65,12 @@ same frame as ``copy_stream`` at these sizes: a single block)."""
 _HELD_BYTES = 64 * 1024 * 1024
 """Most bytes of small blobs held in memory until the archive is written; later ones are
 staged as files (memory stays bounded whatever the number of runs)."""
+
+
+def _keeps_compressed(size: int, packed_size: int) -> bool:
+    """The format's rule for a blob's zstd form: only for files of at least 64 bytes whose
+    frame is at most 90 % of the original size (spec/1.0/format.md)."""
+    return size >= _COMPRESS_MIN_SIZE and packed_size <= size * _COMPRESS_MAX_RATIO
 
 
 def _parquet_writer(path: Path, spec: T.TableSpec) -> pq.ParquetWriter:
@@ -292,11 +299,12 @@ class ArchiveWriter:
         """A file up to :data:`_IN_MEMORY_SIZE` is read once (hash, size and blob from the same
         bytes); a larger one is hashed, then streamed into its blob."""
         data: bytes | None = None
-        if local_file.stat().st_size <= _IN_MEMORY_SIZE:
+        size = local_file.stat().st_size
+        if size <= _IN_MEMORY_SIZE:
             data = local_file.read_bytes()
             sha, size = hashlib.sha256(data).hexdigest(), len(data)
         else:
-            sha, size = _sha256_file(local_file), local_file.stat().st_size
+            sha = _sha256_file(local_file)
         if sha not in self._blobs:
             self._blobs[sha] = (
                 self._hold_blob(sha, data)
@@ -313,10 +321,9 @@ class ArchiveWriter:
         a blob on this disk, whatever its size. zstandard's one-shot ``compress`` gives the
         same frame as ``copy_stream`` at these sizes (a single block): same bytes either way."""
         member, compression, payload = f"blobs/{sha}", "none", data
-        if len(data) >= _COMPRESS_MIN_SIZE:
-            packed = self._compressor.compress(data)
-            if len(packed) <= len(data) * _COMPRESS_MAX_RATIO:
-                member, compression, payload = f"blobs/{sha}.zst", "zstd", packed
+        packed = self._compressor.compress(data) if len(data) >= _COMPRESS_MIN_SIZE else data
+        if _keeps_compressed(len(data), len(packed)):
+            member, compression, payload = f"blobs/{sha}.zst", "zstd", packed
         if self._held_bytes + len(payload) <= _HELD_BYTES:
             self._held[member] = payload
             self._held_bytes += len(payload)
@@ -325,17 +332,16 @@ class ArchiveWriter:
         return member, compression
 
     def _store_blob(self, sha: str, size: int, local_file: Path) -> tuple[str, str]:
-        """A large file's blob, streamed through the compressor into a staging file (kept
-        only if it saves a tenth), else copied as it is."""
+        """A large file's blob (over :data:`_IN_MEMORY_SIZE`), streamed through the compressor
+        into a staging file, kept where :func:`_keeps_compressed`, else copied as it is."""
         raw_member = f"blobs/{sha}"
-        if size >= _COMPRESS_MIN_SIZE:
-            member = raw_member + ".zst"
-            target = self._staging / member
-            with open(local_file, "rb") as src, open(target, "wb") as dst:
-                self._compressor.copy_stream(src, dst, size=size)
-            if target.stat().st_size <= size * _COMPRESS_MAX_RATIO:
-                return member, "zstd"
-            target.unlink()
+        member = raw_member + ".zst"
+        target = self._staging / member
+        with open(local_file, "rb") as src, open(target, "wb") as dst:
+            self._compressor.copy_stream(src, dst, size=size)
+        if _keeps_compressed(size, target.stat().st_size):
+            return member, "zstd"
+        target.unlink()
         shutil.copyfile(local_file, self._staging / raw_member)
         return raw_member, "none"
 
@@ -482,8 +488,7 @@ class ArchiveWriter:
         """Write the archive and rename it into place; returns the manifest and its digest."""
         tables = self._tables()
         members = []
-        for path in sorted(p for p in self._staging.rglob("*") if p.is_file()):
-            rel = path.relative_to(self._staging).as_posix()
+        for rel, path in files_under(self._staging):
             members.append(MemberEntry(rel, path.stat().st_size, _sha256_file(path)))
         for name, data in self._held.items():
             members.append(MemberEntry(name, len(data), hashlib.sha256(data).hexdigest()))
