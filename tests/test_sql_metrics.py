@@ -100,6 +100,14 @@ def _edge_metrics() -> list[Metric]:
         Metric("infmax", float("-inf"), T0, 3),
         Metric("infmax", float("inf"), T0, 3),
         Metric("infmax", 7.0, T0, 3),
+        Metric("zeros", -0.0, T0, 1),  # the sign of a zero kept
+        Metric("zeros", 0.0, T0, 0),
+        Metric("naïve loss/ü 1:2", 0.1, T0, 0),  # non-ASCII, space, slash and colon in a name
+        Metric("digits", 1 / 3, T0, 0),
+        Metric("digits", 2.0**53 + 2, T0, 1),
+        Metric("digits", 2.2250738585072014e-308, T0, 2),  # smallest normal
+        Metric("digits", -1.7976931348623157e308, T0, 3),
+        Metric("digits", 123456789.12345679, T0, 4),
     ]
     return out
 
@@ -388,6 +396,7 @@ def test_sql_write_equals_api_write_and_is_idempotent(
     latest = dict((k, (s, t, v)) for k, s, t, v in _latest(db_uri, sql_run))
     assert latest["tie"] == (5, T0, "0.0") and latest["nanlast"] == (9, T0 + 1, "nan")
     assert latest["infmax"] == (3, T0, "1.7976931348623157e+308")
+    assert latest["naïve loss/ü 1:2"] == (0, T0, "0.1")
 
     rows = _count(db_uri, "metrics", sql_run)
     assert rows == _count(db_uri, "metrics", api_run)
@@ -399,6 +408,36 @@ def test_sql_write_equals_api_write_and_is_idempotent(
     assert _latest(db_uri, sql_run) == _latest(db_uri, api_run)
     # COPY for new points; a unique violation then the skipping INSERT for points already there
     assert copies == ([True, False, False, False] if db_uri.startswith("postgresql://") else [])
+
+
+@pytest.mark.database
+def test_postgres_copy_in_a_client_encoding_other_than_utf8(
+    postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arrow writes UTF-8; COPY data must be in the connection's encoding (here LATIN1)."""
+    uri = f"{postgres_uri}?client_encoding=LATIN1"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("latin")
+    api_run = c.create_run(exp, start_time=T0).info.run_id
+    sql_run = c.create_run(exp, start_time=T0).info.run_id
+    points = _points(_edge_metrics())
+    monkeypatch.setenv(sql_metrics.DISABLE_ENV, "1")
+    MlflowSink(uri).log_metrics(api_run, points)
+    monkeypatch.delenv(sql_metrics.DISABLE_ENV)
+
+    encodings: list[str] = []
+    real = sql_point_writer.PointWriter._copy_batch
+
+    def spy(self: sql_point_writer.PointWriter, conn: sa.Connection, *args: Any) -> None:
+        encodings.append(conn.connection.dbapi_connection.info.encoding)
+        real(self, conn, *args)
+
+    monkeypatch.setattr(sql_point_writer.PointWriter, "_copy_batch", spy)
+    MlflowSink(uri).log_metrics(sql_run, points)
+    assert encodings == ["iso8859-1"]
+    assert _history(uri, sql_run) == _history(uri, api_run)
+    assert _latest(uri, sql_run) == _latest(uri, api_run)
+    assert "naïve loss/ü 1:2" in _history(uri, sql_run)
 
 
 def test_sql_write_refuses_a_deleted_run(db_uri: str) -> None:
