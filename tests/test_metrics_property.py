@@ -10,12 +10,14 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from exim_archive import pack, unpack
+from exim_archive import bundle_writer, pack, unpack
 from exim_archive.bundle_reader import ArchiveReader
 from exim_archive.bundle_writer import ArchiveWriter
 from exim_archive.records import ExperimentRecord, RunRecord
@@ -74,6 +76,66 @@ def test_archive_keeps_every_point_bit_for_bit(
         )
     want = sorted((rid, k, s, t, _bits(v)) for rid, pts in histories.items() for k, s, t, v in pts)
     assert got == want
+
+
+def _timestamp_encodings(path: Path, parts: list[str]) -> list[set[str]]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        out = []
+        for part in parts:
+            meta = pq.ParquetFile(pa.BufferReader(zf.read(part))).metadata
+            for i in range(meta.num_row_groups):
+                group = meta.row_group(i)
+                names = [group.column(j).path_in_schema for j in range(group.num_columns)]
+                out.append(set(group.column(names.index("timestamp")).encodings))
+        return out
+
+
+def test_each_part_takes_the_smaller_timestamp_encoding_and_keeps_every_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Part 0: many short runs whose keys share timestamps (plain wins under zstd); part 1: one
+    long history with timestamps of its own (delta wins). Both read back bit for bit."""
+    monkeypatch.setattr(bundle_writer, "ROW_GROUP_ROWS", 2_000)
+    monkeypatch.setattr(bundle_writer, "METRIC_PART_ROWS", 4_000)
+    rng = __import__("random").Random(7)
+    histories: dict[str, list[tuple[str, int, int, float]]] = {}
+    for r in range(100):  # 100 runs x 2 keys x 20 steps = 4,000 points: exactly part 0
+        t0 = 1_790_000_000_000 + rng.randrange(7 * 86_400_000)
+        stamps = [t0 + 1_000 * s + rng.randrange(300) for s in range(20)]
+        histories[f"{r:032x}"] = [
+            (k, s, stamps[s], rng.gauss(0, 1)) for k in ("acc", "loss") for s in range(20)
+        ]
+    stamp, long_history = 1_790_000_000_000, []
+    for s in range(4_000):
+        stamp += 900 + rng.randrange(300)
+        long_history.append(("loss", s, stamp, rng.gauss(0, 1)))
+    histories["f" * 32] = long_history
+    path = tmp_path / "parts.exim"
+    writer = ArchiveWriter(
+        path, created_at="2026-01-01T00:00:00Z", producer={}, source={}, selection={}
+    )
+    for run_id in sorted(histories):
+        run = RunRecord(run_id, "1", None, None, "FINISHED", 0, 0, "active", None)
+        writer.add_run(run, _table(run_id, histories[run_id]))
+    writer.add_experiment(ExperimentRecord("1", "e", None, "active", None, None))
+    writer.finish()
+    with ArchiveReader(path) as reader:
+        parts = list(reader.table_members("metrics"))
+        got = sorted(
+            (r["run_id"], r["key"], r["step"], r["timestamp"], _bits(r["value"]))
+            for b in reader.iter_metric_batches()
+            for r in b.to_pylist()
+        )
+    want = sorted((rid, k, s, t, _bits(v)) for rid, pts in histories.items() for k, s, t, v in pts)
+    assert got == want
+    assert len(parts) == 2
+    encodings = _timestamp_encodings(path, parts)
+    assert len(encodings) == 4  # two row groups a part, each with its part's encoding
+    assert "PLAIN" in encodings[0] and "DELTA_BINARY_PACKED" not in encodings[0]
+    assert encodings[1] == encodings[0]
+    assert "DELTA_BINARY_PACKED" in encodings[2] and encodings[3] == encodings[2]
 
 
 SMALL_POINT = st.tuples(
