@@ -48,6 +48,8 @@ tested on: the head of mlflow 3.17.2's migrations (``add job executor persistenc
 
 DISABLE_ENV = "EXIM_NO_SQL_FAST_PATH"
 _DIALECTS = frozenset({"sqlite", "postgresql", "mysql"})
+_POSTGRES_DRIVERS = frozenset({"psycopg", "psycopg2"})
+"""PostgreSQL drivers whose COPY the point writer uses; another one goes through MLflow."""
 
 _log = logging.getLogger(__name__)
 _warned: set[tuple[str, str]] = set()
@@ -97,6 +99,12 @@ def open_fast_path(store: Any, uri: str) -> tuple[SqlMetrics | None, str | None]
         return None, None
     if engine.dialect.name not in _DIALECTS:
         text = f"{engine.dialect.name} not tested for direct SQL; using MLflow's API (slower)"
+        return None, _note(uri, text)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver not in _POSTGRES_DRIVERS:
+        text = (
+            f"PostgreSQL driver {engine.dialect.driver} not tested for direct SQL; using "
+            "MLflow's API (slower; psycopg and psycopg2 are)"
+        )
         return None, _note(uri, text)
     try:
         found = _revisions(engine)

@@ -2,18 +2,24 @@
 :mod:`.sql_metrics` for when this path is taken.
 
 Points are sanitised as MLflow's ``sanitize_metric_value`` does (NaN -> 0 with ``is_nan``,
-+/-inf -> +/-DBL_MAX); on PostgreSQL through psycopg first by ``COPY ... FROM STDIN`` of CSV that
-Arrow writes (one transaction per slice; a point already there fails it whole), else inserted in
-batches that skip
-rows already present (``ON CONFLICT DO NOTHING``; on MySQL/MariaDB a no-op ``ON DUPLICATE KEY
-UPDATE``, which unlike ``INSERT IGNORE`` keeps strict mode's errors), then ``latest_metrics``
-raised per key to the first point with the greatest (step, timestamp, stored value), as
++/-inf -> +/-DBL_MAX). On PostgreSQL (psycopg or psycopg2) they go by ``COPY ... FROM STDIN`` of CSV
+that Arrow writes, one transaction per slice; a point already there fails that whole, and the
+slice is then copied into a temporary table and merged with ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING``. SQLite and MySQL/MariaDB take batches through the driver's executemany that skip rows
+already present (``ON CONFLICT DO NOTHING``; on MySQL/MariaDB a no-op ``ON DUPLICATE KEY UPDATE``,
+which unlike ``INSERT IGNORE`` keeps strict mode's errors). Then ``latest_metrics`` is raised per
+key to the first point with the greatest (step, timestamp, stored value), as
 ``_update_latest_metrics_if_necessary`` leaves it. Every write is idempotent: a resumed unpack
 may send the same points again.
+
+Values arrive exactly: CSV carries each double's shortest form that reads back to the same bits
+(``-0.0`` included, which psycopg2's inlined parameters turn into ``0``).
 """
 
 from __future__ import annotations
 
+import codecs
+import io
 import itertools
 import math
 from collections.abc import Callable
@@ -53,8 +59,8 @@ class _Batch(NamedTuple):
 
 
 _Put = Callable[["sa.Connection", str, pa.Table], None]
-"""One way of sending up to :data:`WRITE_ROWS` stored points (:func:`_stored`): COPY, INSERT
-from arrays, or executemany."""
+"""One way of sending up to :data:`WRITE_ROWS` stored points (:func:`_stored`): COPY, COPY and
+merge, or executemany."""
 
 _CSV = pcsv.WriteOptions(include_header=False)
 """Arrow's CSV for COPY: strings quoted (an empty one stays an empty string, not NULL), floats
@@ -84,25 +90,25 @@ class PointWriter:
         """Insert the run's points (those already there are skipped), then raise
         ``latest_metrics`` to the newest point per key. Safe to repeat.
 
-        Points become Python objects :data:`WRITE_ROWS` at a time (a whole slice at once cost
-        ~12 MB per 50,000 points in every writer thread), all in one transaction: a commit per
-        batch was a tenth of an unpack into SQLite (each one a sync to disk)."""
+        Points are sent :data:`WRITE_ROWS` at a time, as CSV or Python objects (a whole slice
+        of Python objects at once cost ~12 MB per 50,000 points in every writer thread), all in
+        one transaction: a commit per batch was a tenth of an unpack into SQLite (each one a
+        sync to disk)."""
         if not points.num_rows:
             return
         _validate_keys(pc.unique(points.column("key")).to_pylist())
-        if self.driver == "psycopg":
-            try:
-                self._write_copy(run_id, points)
-                return
-            except _unique_violation():  # points already there (a resumed run): skip them
-                pass
-        put = self._insert_arrays if self.dialect == "postgresql" else self._insert_rows
-        self._write_batches(run_id, points, put)
+        if self.dialect != "postgresql":
+            self._write_batches(run_id, points, self._insert_rows)
+            return
+        try:
+            self._write_copy(run_id, points)
+        except _unique_violation(self.driver):  # points already there (a resumed run)
+            self._write_batches(run_id, points, self._merge_batch)  # skip them
 
     def _write_copy(self, run_id: str, points: pa.Table) -> None:
-        """PostgreSQL through psycopg: the points by ``COPY ... FROM STDIN``, all or none (one
+        """PostgreSQL: the points by ``COPY ... FROM STDIN``, all or none (one
         transaction); a third less time than ``INSERT ... ON CONFLICT``, but a point already
-        there fails it with a unique violation (the caller then inserts, skipping those)."""
+        there fails it with a unique violation (the caller then merges, skipping those)."""
         self._write_batches(run_id, points, self._copy_batch)
 
     def _write_batches(self, run_id: str, points: pa.Table, put: _Put) -> None:
@@ -119,21 +125,27 @@ class PointWriter:
                 _newest(stored, newest)
             self._raise_latest(conn, run_id, newest)
 
-    def _copy_batch(self, conn: sa.Connection, run_id: str, stored: pa.Table) -> None:
-        """The batch as CSV written by Arrow (~0.25 µs a point, where psycopg's ``write_row``
-        of Python values cost ~2 µs), in the connection's encoding."""
+    def _copy_batch(
+        self, conn: sa.Connection, run_id: str, stored: pa.Table, table: str = "metrics"
+    ) -> None:
+        """The batch into ``table`` as CSV written by Arrow (~0.25 µs a point, where psycopg's
+        ``write_row`` of Python values cost ~2 µs), in the connection's encoding."""
         q = self.quoted
-        sql = f"COPY {q('metrics')} ({q(*METRICS_COLUMNS)}) FROM STDIN (FORMAT csv)"
+        sql = f"COPY {q(table)} ({q(*METRICS_COLUMNS)}) FROM STDIN (FORMAT csv)"
         raw: Any = conn.connection.dbapi_connection
         run = pc.fill_null(pa.nulls(stored.num_rows, pa.string()), run_id)
         sink = pa.BufferOutputStream()
         pcsv.write_csv(stored.add_column(0, "run_uuid", run), sink, _CSV)
         data: pa.Buffer | bytes = sink.getvalue()
-        encoding = raw.info.encoding
+        encoding = _client_encoding(self.driver, raw)
         if encoding != "utf-8":
             data = sink.getvalue().to_pybytes().decode("utf-8").encode(encoding)
-        with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            copy.write(data)
+        with raw.cursor() as cursor:
+            if self.driver == "psycopg":
+                with cursor.copy(sql) as copy:
+                    copy.write(data)
+            else:  # psycopg2 sends what read() returns as it is
+                cursor.copy_expert(sql, io.BytesIO(data))
 
     def _insert_rows(self, conn: sa.Connection, run_id: str, stored: pa.Table) -> None:
         """SQLite and MySQL/MariaDB: one batch through the driver's executemany."""
@@ -141,18 +153,21 @@ class PointWriter:
         rows = list(zip(itertools.repeat(run_id, len(b.keys)), *b, strict=True))
         conn.exec_driver_sql(self._insert_skipping_existing(), rows)
 
-    def _insert_arrays(self, conn: sa.Connection, run_id: str, stored: pa.Table) -> None:
-        """PostgreSQL: one batch as one ``INSERT ... SELECT FROM unnest(arrays)``, six array
-        parameters instead of one statement per row (the driver's executemany sends every row
-        as its own statement: ~4x slower)."""
+    def _merge_batch(self, conn: sa.Connection, run_id: str, stored: pa.Table) -> None:
+        """PostgreSQL, points of which some are there already: the batch copied into a
+        temporary table (dropped at commit), then inserted from it skipping rows present."""
         q = self.quoted
-        sql = (
-            f"INSERT INTO {q('metrics')} ({q(*METRICS_COLUMNS)}) "
-            "SELECT %s, k, s, t, v, n FROM unnest("
-            "%s::text[], %s::bigint[], %s::bigint[], %s::float8[], %s::boolean[]"
-            ") AS u(k, s, t, v, n) ON CONFLICT DO NOTHING"
+        columns = q(*METRICS_COLUMNS)
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {q(_MERGE_TABLE)} "
+            f"(LIKE {q('metrics')}) ON COMMIT DROP"
         )
-        conn.exec_driver_sql(sql, (run_id, *_python(stored)))
+        conn.exec_driver_sql(f"TRUNCATE {q(_MERGE_TABLE)}")
+        self._copy_batch(conn, run_id, stored, _MERGE_TABLE)
+        conn.exec_driver_sql(
+            f"INSERT INTO {q('metrics')} ({columns}) SELECT {columns} FROM {q(_MERGE_TABLE)} "
+            "ON CONFLICT DO NOTHING"
+        )
 
     def _check_run(self, conn: sa.Connection, run_id: str) -> None:
         """Refuse, as MLflow does, points for a run that is missing or deleted."""
@@ -222,11 +237,28 @@ class PointWriter:
                 )
 
 
-def _unique_violation() -> type[Exception]:
-    """psycopg's unique-violation error, imported only where psycopg writes."""
-    from psycopg.errors import UniqueViolation
+_MERGE_TABLE = "exim_points"
+"""The temporary table a resumed run's points pass through on PostgreSQL."""
 
-    return UniqueViolation
+
+def _unique_violation(driver: str) -> type[Exception]:
+    """The driver's unique-violation error, imported only where it writes."""
+    if driver == "psycopg":
+        from psycopg.errors import UniqueViolation
+
+        return UniqueViolation
+    from psycopg2.errors import UniqueViolation as Violation2
+
+    return Violation2  # type: ignore[no-any-return]
+
+
+def _client_encoding(driver: str, raw: Any) -> str:
+    """The Python codec of the connection's client encoding."""
+    if driver == "psycopg":
+        return codecs.lookup(raw.info.encoding).name
+    from psycopg2.extensions import encodings
+
+    return codecs.lookup(encodings[raw.encoding]).name
 
 
 def _stored(points: pa.Table) -> pa.Table:
