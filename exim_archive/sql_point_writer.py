@@ -40,6 +40,8 @@ __all__ = ["DBL_MAX", "WRITE_ROWS", "PointWriter"]
 WRITE_ROWS = 5_000
 """Rows per INSERT batch (each batch becomes Python objects at once)."""
 _KEYS_PER_QUERY = 500
+_MERGE_TABLE = "exim_points"
+"""The temporary table a resumed run's points pass through on PostgreSQL."""
 DBL_MAX = 1.7976931348623157e308
 
 _Newest = dict[str, tuple[int, int, float, bool]]
@@ -136,10 +138,11 @@ class PointWriter:
         run = pc.fill_null(pa.nulls(stored.num_rows, pa.string()), run_id)
         sink = pa.BufferOutputStream()
         pcsv.write_csv(stored.add_column(0, "run_uuid", run), sink, _CSV)
-        data: pa.Buffer | bytes = sink.getvalue()
+        buffer = sink.getvalue()
+        data: pa.Buffer | bytes = buffer
         encoding = _client_encoding(self.driver, raw)
         if encoding != "utf-8":
-            data = sink.getvalue().to_pybytes().decode("utf-8").encode(encoding)
+            data = buffer.to_pybytes().decode("utf-8").encode(encoding)
         with raw.cursor() as cursor:
             if self.driver == "psycopg":
                 with cursor.copy(sql) as copy:
@@ -235,10 +238,6 @@ class PointWriter:
                     .where(lm.run_uuid == run_id, lm.key == key)
                     .values(step=step, timestamp=stamp, value=value, is_nan=is_nan)
                 )
-
-
-_MERGE_TABLE = "exim_points"
-"""The temporary table a resumed run's points pass through on PostgreSQL."""
 
 
 def _unique_violation(driver: str) -> type[Exception]:
