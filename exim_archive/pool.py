@@ -48,6 +48,11 @@ def ordered_map(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    except Stopped as stopped:
+        # Another pool's failure stopped an item here: a later item may hold that failure
+        # (a nested pool's error, raised by its worker), which then wins.
+        _STOP.set()
+        raise _cause(stopped, pending) from None
     except BaseException:
         # Ctrl-C or a failed item: workers finish the call they are in and start no other.
         _STOP.set()
@@ -57,6 +62,20 @@ def ordered_map(
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         _STOP.clear()
+
+
+def _cause(stopped: Stopped, futures: Iterable[Future[B]]) -> BaseException:
+    """The failure among ``futures`` (other than being stopped) that stopped the job, else
+    ``stopped``: never an internal "stopped" where a real error (a dead server, say) exists.
+    Futures not started are cancelled; running ones are waited for (they stop at their next
+    call)."""
+    for future in futures:
+        if future.cancel():
+            continue
+        error = future.exception()
+        if error is not None and not isinstance(error, Stopped):
+            return error
+    return stopped
 
 
 @contextmanager
@@ -69,6 +88,11 @@ def in_background(fn: Callable[[], B]) -> Iterator[Callable[[], B]]:
     try:
         yield future.result
         future.result()  # a failure the block did not wait for is not lost
+    except Stopped as stopped:
+        # The background work failed and stopped the block's pool before the block asked
+        # for its result: that failure is what the caller must see.
+        _STOP.set()
+        raise _cause(stopped, [future]) from None
     except BaseException:
         _STOP.set()
         raise

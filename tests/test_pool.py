@@ -54,3 +54,42 @@ def test_leaving_the_block_by_an_error_stops_the_background_work() -> None:
         raise KeyError("the caller failed")
     assert time.perf_counter() - started < 5 and calls >= 1
     check_stop()  # the stop does not outlive the block
+
+
+def _stopped_when_told() -> None:
+    """A slow call that only ends when the job is being stopped (raising Stopped)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        check_stop()
+        time.sleep(0.005)
+    raise AssertionError("never stopped")
+
+
+def _fails_in_a_pool_of_its_own() -> list[int]:
+    """A failure raised through an inner pool, which stops every pool of the job while it
+    waits for its other call in flight."""
+
+    def work(i: int) -> int:
+        if i == 0:
+            time.sleep(0.05)
+            raise ValueError("the server is gone")
+        time.sleep(0.5)
+        return i
+
+    return list(ordered_map(work, [0, 1], workers=2))
+
+
+def test_a_real_failure_wins_over_the_stop_it_caused_elsewhere() -> None:
+    """A pool stopped by another pool's failure raises that failure, not its own "stopped"
+    (seen as pack's "internal error: stopped" when the server died during a download)."""
+    failed = pytest.raises(ValueError, match="the server is gone")
+    with failed, in_background(_fails_in_a_pool_of_its_own):  # the background work failed
+        for _ in ordered_map(lambda _i: _stopped_when_told(), [0, 1], workers=2):
+            pass
+
+    def item(i: int) -> object:  # item 0 waits; item 1 fails through a nested pool
+        return _stopped_when_told() if i == 0 else _fails_in_a_pool_of_its_own()
+
+    with pytest.raises(ValueError, match="the server is gone"):
+        list(ordered_map(item, [0, 1], workers=2))
+    assert list(ordered_map(lambda i: i, [1, 2], workers=2)) == [1, 2]  # stop flag cleared
