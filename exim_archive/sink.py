@@ -90,6 +90,16 @@ class ExistingRun:
     """Its :data:`.STATE_TAG`: which archive, and what of the source run, it was made from."""
 
 
+@dataclass(frozen=True)
+class _Held:
+    """What a new run keeps for its end on a database with direct SQL (:meth:`finish_run`)."""
+
+    params: list[tuple[str, str]]
+    tags: dict[str, str]
+    points: pa.Table | None
+    """Its last piece of metric points (the earlier ones are written as they come)."""
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -111,8 +121,8 @@ class MlflowSink:
         self._inputs_lock = threading.Lock()
         self._artifact_uris: dict[str, str | None] = {}
         """Of the runs this sink created (they hold nothing but ``create_run``'s tags)."""
-        self._pending: dict[str, tuple[list[tuple[str, str]], dict[str, str]]] = {}
-        """Params and tags of new runs held for :meth:`finish_run` (direct SQL)."""
+        self._pending: dict[str, _Held] = {}
+        """What new runs keep for :meth:`finish_run` (direct SQL)."""
         self.call = Caller(
             TargetError,
             self.safe_uri,
@@ -302,12 +312,15 @@ class MlflowSink:
         Over HTTP, params and tags that fit ride in the first ``log-batch`` request of points:
         one request fewer per run, which is what a server of many small runs spends its time
         on (each request ~10 ms of its CPU, whatever it carries). On a database with direct
-        SQL, a run this sink created keeps its params and tags for :meth:`finish_run`, which
-        writes them with its end in one transaction."""
+        SQL, a run this sink created keeps its params, tags and last piece of points for
+        :meth:`finish_run`, which writes them with its end in one transaction."""
         if run_id in self._artifact_uris and self._sql_metrics.get() is not None:
-            self._pending[run_id] = (list(params), dict(tags))
+            last: pa.Table | None = None
             for piece in pieces:
-                self.log_metrics(run_id, piece)
+                if last is not None:
+                    self.log_metrics(run_id, last)
+                last = piece if piece.num_rows else last
+            self._pending[run_id] = _Held(list(params), dict(tags), last)
             return
         rider = log_batch.rider(params, tags) if uri_kind(self.uri) == "http" else None
         if rider is None:
@@ -459,8 +472,8 @@ class MlflowSink:
 
     def finish_run(self, run_id: str, run: RunRecord) -> None:
         """Set status and end time as the source had them, then drop the incomplete marker
-        (with the params and tags :meth:`log_run_data` held, in one transaction, where it held
-        them)."""
+        (with the params, tags and points :meth:`log_run_data` held, in one transaction, where
+        it held them)."""
         from mlflow.entities import RunStatus
 
         def already_gone() -> bool | None:
@@ -473,7 +486,16 @@ class MlflowSink:
         if held is not None and fast is not None:
             status = RunStatus.to_string(RunStatus.from_string(run.status)) if ends else None
             end_time = run.end_time if ends else None
-            finish = partial(fast.runs.finish, run_id, *held, status, end_time, INCOMPLETE_TAG)
+            finish = partial(
+                fast.finish,
+                run_id,
+                held.params,
+                held.tags,
+                status,
+                end_time,
+                INCOMPLETE_TAG,
+                held.points,
+            )
             self.call(f"finishing run {run_id}", finish, before_retry=already_gone)
             return
         if ends:

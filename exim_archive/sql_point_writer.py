@@ -98,34 +98,50 @@ class PointWriter:
         sync to disk)."""
         if not points.num_rows:
             return
-        _validate_keys(pc.unique(points.column("key")).to_pylist())
         if self.dialect != "postgresql":
-            self._write_batches(run_id, points, self._insert_rows)
+            with self.engine.begin() as conn:
+                self.write_in(conn, run_id, points)
             return
         try:
             self._write_copy(run_id, points)
-        except _unique_violation(self.driver):  # points already there (a resumed run)
-            self._write_batches(run_id, points, self._merge_batch)  # skip them
+        except self.conflict():  # points already there (a resumed run)
+            with self.engine.begin() as conn:  # skip them
+                self._write_batches(conn, run_id, points, self._merge_batch)
+
+    def write_in(self, conn: sa.Connection, run_id: str, points: pa.Table) -> None:
+        """:meth:`write` in the caller's transaction, without its second chance: on
+        PostgreSQL a point already there raises :meth:`conflict` (the transaction is then
+        lost); elsewhere such points are skipped."""
+        if not points.num_rows:
+            return
+        _validate_keys(pc.unique(points.column("key")).to_pylist())
+        put = self._copy_batch if self.dialect == "postgresql" else self._insert_rows
+        self._write_batches(conn, run_id, points, put)
+
+    def conflict(self) -> tuple[type[Exception], ...]:
+        """What :meth:`write_in` raises for a point already there: on PostgreSQL the driver's
+        unique violation; elsewhere nothing (such points are skipped)."""
+        return (_unique_violation(self.driver),) if self.dialect == "postgresql" else ()
 
     def _write_copy(self, run_id: str, points: pa.Table) -> None:
         """PostgreSQL: the points by ``COPY ... FROM STDIN``, all or none (one
         transaction); a third less time than ``INSERT ... ON CONFLICT``, but a point already
         there fails it with a unique violation (the caller then merges, skipping those)."""
-        self._write_batches(run_id, points, self._copy_batch)
-
-    def _write_batches(self, run_id: str, points: pa.Table, put: _Put) -> None:
-        """One transaction: the run checked, the points sanitised :data:`WRITE_ROWS` at a time,
-        each batch handed to ``put(conn, run_id, stored)``, then ``latest_metrics`` raised to
-        the newest point per key (see :func:`_newest`). One commit (a small run's unpack into
-        SQLite spent a fifth of its time on a second)."""
-        newest: _Newest = {}
         with self.engine.begin() as conn:
-            self._check_run(conn, run_id)
-            for start in range(0, points.num_rows, WRITE_ROWS):
-                stored = _stored(points.slice(start, WRITE_ROWS))
-                put(conn, run_id, stored)
-                _newest(stored, newest)
-            self._raise_latest(conn, run_id, newest)
+            self.write_in(conn, run_id, points)
+
+    def _write_batches(self, conn: sa.Connection, run_id: str, points: pa.Table, put: _Put) -> None:
+        """In ``conn``'s transaction: the run checked, the points sanitised :data:`WRITE_ROWS`
+        at a time, each batch handed to ``put(conn, run_id, stored)``, then ``latest_metrics``
+        raised to the newest point per key (see :func:`_newest`). One commit (a small run's
+        unpack into SQLite spent a fifth of its time on a second)."""
+        newest: _Newest = {}
+        self._check_run(conn, run_id)
+        for start in range(0, points.num_rows, WRITE_ROWS):
+            stored = _stored(points.slice(start, WRITE_ROWS))
+            put(conn, run_id, stored)
+            _newest(stored, newest)
+        self._raise_latest(conn, run_id, newest)
 
     def _copy_batch(
         self, conn: sa.Connection, run_id: str, stored: pa.Table, table: str = "metrics"

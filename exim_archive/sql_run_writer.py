@@ -132,40 +132,53 @@ class NewRuns:
 
         Raises MLflow's "not found" if the run is missing, or is not active, or has no
         ``marker`` (it was not made by this unpack, or was finished already)."""
+        with self.engine.begin() as conn:
+            self.finish_in(conn, run_id, params, tags, status, end_time, marker)
+
+    def finish_in(
+        self,
+        conn: sa.Connection,
+        run_id: str,
+        params: Sequence[tuple[str, str]],
+        tags: Mapping[str, str],
+        status: str | None,
+        end_time: int | None,
+        marker: str,
+    ) -> None:
+        """:meth:`finish` in the caller's transaction (with the run's last points, say)."""
         import sqlalchemy as sa
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_STATE
 
         r, t = self.runs.c, self.tags.c
-        with self.engine.begin() as conn:
-            gone = conn.execute(
-                sa.delete(self.tags).where(t.run_uuid == run_id, t.key == marker)
-            ).rowcount
-            values: dict[str, object] = {}
-            if status is not None:
-                values["status"] = status
-            if end_time is not None:
-                values["end_time"] = end_time
-            active = sa.and_(r.run_uuid == run_id, r.lifecycle_stage == "active")
-            found = conn.execute(
-                sa.update(self.runs).where(active).values(**values)
-                if values
-                else sa.select(sa.func.count()).select_from(self.runs).where(active)
+        gone = conn.execute(
+            sa.delete(self.tags).where(t.run_uuid == run_id, t.key == marker)
+        ).rowcount
+        values: dict[str, object] = {}
+        if status is not None:
+            values["status"] = status
+        if end_time is not None:
+            values["end_time"] = end_time
+        active = sa.and_(r.run_uuid == run_id, r.lifecycle_stage == "active")
+        found = conn.execute(
+            sa.update(self.runs).where(active).values(**values)
+            if values
+            else sa.select(sa.func.count()).select_from(self.runs).where(active)
+        )
+        matched = found.rowcount if values else found.scalar_one()
+        if gone != 1 or matched != 1:
+            raise MlflowException(
+                f"Run {run_id} is not an active run with the tag {marker!r} "
+                f"(tags deleted: {gone}, runs matched: {matched})",
+                error_code=INVALID_STATE,
             )
-            matched = found.rowcount if values else found.scalar_one()
-            if gone != 1 or matched != 1:
-                raise MlflowException(
-                    f"Run {run_id} is not an active run with the tag {marker!r} "
-                    f"(tags deleted: {gone}, runs matched: {matched})",
-                    error_code=INVALID_STATE,
-                )
-            if params:
-                conn.execute(
-                    sa.insert(self.params),
-                    [{"key": k, "value": v, "run_uuid": run_id} for k, v in params],
-                )
-            if tags:
-                conn.execute(
-                    sa.insert(self.tags),
-                    [{"key": k, "value": v, "run_uuid": run_id} for k, v in sorted(tags.items())],
-                )
+        if params:
+            conn.execute(
+                sa.insert(self.params),
+                [{"key": k, "value": v, "run_uuid": run_id} for k, v in params],
+            )
+        if tags:
+            conn.execute(
+                sa.insert(self.tags),
+                [{"key": k, "value": v, "run_uuid": run_id} for k, v in sorted(tags.items())],
+            )

@@ -282,19 +282,21 @@ def test_interrupted_unpack_resumes_without_duplicates(
     names = seed_rich(src, "i", tmp_path / "src-art")
     pack(tmp_path / "a.exim", tracking_uri=src)
 
-    real = MlflowSink.log_metrics
+    real = MlflowSink.log_inputs
     calls = {"n": 0}
 
-    def failing(self: MlflowSink, run_id: str, points: object) -> None:
+    def failing(self: MlflowSink, run_id: str, inputs: object) -> None:
+        # after the run's params (and its first points, or all of them through MLflow's API),
+        # before its files and its end (with its last points, through direct SQL)
         calls["n"] += 1
         if calls["n"] == 2:
             raise TargetError("simulated crash in the middle of a run")
-        real(self, run_id, points)  # type: ignore[arg-type]
+        real(self, run_id, inputs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(MlflowSink, "log_metrics", failing)
+    monkeypatch.setattr(MlflowSink, "log_inputs", failing)
     with pytest.raises(TargetError):
         unpack(tmp_path / "a.exim", tracking_uri=dst, workers=1)
-    monkeypatch.setattr(MlflowSink, "log_metrics", real)
+    monkeypatch.setattr(MlflowSink, "log_inputs", real)
 
     client = MlflowClient(dst)
     half = [

@@ -63,15 +63,23 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def sql_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The run ids SqlMetrics.write was called for."""
+    """The run ids direct SQL wrote points for (SqlMetrics.write, or SqlMetrics.finish with
+    a new run's last points)."""
     calls: list[str] = []
-    real = sql_metrics.SqlMetrics.write
+    real_write, real_finish = sql_metrics.SqlMetrics.write, sql_metrics.SqlMetrics.finish
 
-    def spy(self: sql_metrics.SqlMetrics, run_id: str, points: pa.Table) -> None:
+    def write(self: sql_metrics.SqlMetrics, run_id: str, points: pa.Table) -> None:
         calls.append(run_id)
-        real(self, run_id, points)
+        real_write(self, run_id, points)
 
-    monkeypatch.setattr(sql_metrics.SqlMetrics, "write", spy)
+    def finish(self: sql_metrics.SqlMetrics, run_id: str, *args: Any) -> None:
+        points = args[-1]
+        if points is not None and points.num_rows:
+            calls.append(run_id)
+        real_finish(self, run_id, *args)
+
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "write", write)
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "finish", finish)
     return calls
 
 
@@ -512,6 +520,55 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     c.delete_run(gone)
     with pytest.raises(MlflowException, match="not an active run"):
         fast.runs.finish(gone, [("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG)
+
+
+def test_a_new_runs_last_points_land_with_its_end(
+    db_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SqlMetrics.finish: a new run's last points and its end in one transaction, all or none;
+    points the archive repeats are skipped (on PostgreSQL by a second try, points first)."""
+    from mlflow.entities import Param
+
+    from exim_archive.lineage import INCOMPLETE_TAG
+
+    c = MlflowClient(db_uri)
+    exp = c.create_experiment("last")
+    fast, _note = sql_metrics.open_fast_path(c._tracking_client.store, db_uri)
+    assert fast is not None
+    points = _points(_edge_metrics())
+    run = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
+    c.log_batch(run, params=[Param("clash", "before")])
+    with pytest.raises(sa.exc.IntegrityError):  # a param already there: no point lands either
+        fast.finish(run, [("clash", "after")], {}, "FINISHED", T0 + 9, INCOMPLETE_TAG, points)
+    assert _count(db_uri, "metrics", run) == _count(db_uri, "latest_metrics", run) == 0
+    assert INCOMPLETE_TAG in c.get_run(run).data.tags
+
+    fast.finish(run, [("a", "1")], {"t": "v"}, "FINISHED", T0 + 9, INCOMPLETE_TAG, points)
+    got = c.get_run(run)
+    assert got.data.params == {"clash": "before", "a": "1"} and got.data.tags["t"] == "v"
+    assert INCOMPLETE_TAG not in got.data.tags
+    assert (got.info.status, got.info.end_time) == ("FINISHED", T0 + 9)
+    api_run = c.create_run(exp, start_time=T0).info.run_id
+    monkeypatch.setenv(sql_metrics.DISABLE_ENV, "1")
+    MlflowSink(db_uri).log_metrics(api_run, points)
+    monkeypatch.delenv(sql_metrics.DISABLE_ENV)
+    _assert_same_points(db_uri, run, api_run)
+
+    second_tries: list[str] = []
+    real = sql_point_writer.PointWriter.write
+
+    def spy(self: sql_point_writer.PointWriter, run_id: str, table: pa.Table) -> None:
+        second_tries.append(run_id)
+        real(self, run_id, table)
+
+    monkeypatch.setattr(sql_point_writer.PointWriter, "write", spy)
+    twice = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
+    repeated = pa.concat_tables([points.slice(0, 3), points.slice(0, 3)])
+    fast.finish(twice, [("a", "1")], {}, "FINISHED", T0 + 9, INCOMPLETE_TAG, repeated)
+    assert _count(db_uri, "metrics", twice) == 3
+    got = c.get_run(twice)
+    assert got.data.params == {"a": "1"} and INCOMPLETE_TAG not in got.data.tags
+    assert second_tries == ([twice] if db_uri.startswith("postgresql") else [])
 
 
 def _run_rows(uri: str, run_id: str) -> tuple[dict[str, Any], dict[str, str]]:
