@@ -28,6 +28,7 @@ from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, STATE_TAG
 from .mlflow_errors import Caller, open_client
 from .records import ArtifactRecord, DatasetInputRecord, RunRecord
 from .sql_metrics import LazyFastPath
+from .sql_run_writer import RunEnd
 from .uri import redact_uri, uri_kind
 
 __all__ = ["ExistingRun", "Fitted", "MlflowSink", "TargetExperiment", "fit_tags"]
@@ -486,16 +487,8 @@ class MlflowSink:
         if held is not None and fast is not None:
             status = RunStatus.to_string(RunStatus.from_string(run.status)) if ends else None
             end_time = run.end_time if ends else None
-            finish = partial(
-                fast.finish,
-                run_id,
-                held.params,
-                held.tags,
-                status,
-                end_time,
-                INCOMPLETE_TAG,
-                held.points,
-            )
+            end = RunEnd(held.params, held.tags, status, end_time, INCOMPLETE_TAG)
+            finish = partial(fast.finish, run_id, end, held.points)
             self.call(f"finishing run {run_id}", finish, before_retry=already_gone)
             return
         if ends:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .sql_point_reader import PointReader
 from .sql_point_writer import PointWriter
-from .sql_run_writer import NewRuns
+from .sql_run_writer import NewRuns, RunEnd
 from .uri import redact_uri, uri_kind
 
 if TYPE_CHECKING:
@@ -162,28 +162,19 @@ class SqlMetrics:
     def write(self, run_id: str, points: pa.Table) -> None:
         self.writer.write(run_id, points)
 
-    def finish(
-        self,
-        run_id: str,
-        params: Sequence[tuple[str, str]],
-        tags: Mapping[str, str],
-        status: str | None,
-        end_time: int | None,
-        marker: str,
-        points: pa.Table | None,
-    ) -> None:
-        """A new run's last ``points`` and its end (:meth:`.NewRuns.finish`) in one
+    def finish(self, run_id: str, end: RunEnd, points: pa.Table | None) -> None:
+        """A new run's last ``points`` and its ``end`` (:meth:`.NewRuns.finish`) in one
         transaction: one commit a run fewer (a small run's unpack into SQLite spent ~2.6 ms on
         each). On PostgreSQL a point already there (the archive repeating one) loses that
         transaction; the points then go by :meth:`.PointWriter.write`, which skips those, and
         the end by itself."""
         if points is None or not points.num_rows:
-            self.runs.finish(run_id, params, tags, status, end_time, marker)
+            self.runs.finish(run_id, end)
             return
         try:
             with self.engine.begin() as conn:
                 self.writer.write_in(conn, run_id, points)
-                self.runs.finish_in(conn, run_id, params, tags, status, end_time, marker)
+                self.runs.finish_in(conn, run_id, end)
         except self.writer.conflict():
             self.writer.write(run_id, points)
-            self.runs.finish(run_id, params, tags, status, end_time, marker)
+            self.runs.finish(run_id, end)

@@ -21,14 +21,27 @@ updated) keep MLflow's store, which merges with what is already there.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["NewRuns"]
+__all__ = ["NewRuns", "RunEnd"]
 
 RUN_NAME_TAG = "mlflow.runName"
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """What a new run's end writes: ``params`` and ``tags`` (none of them there yet),
+    ``status`` and ``end_time`` (None: left as they are), and the tag ``marker`` to delete."""
+
+    params: Sequence[tuple[str, str]]
+    tags: Mapping[str, str]
+    status: str | None
+    end_time: int | None
+    marker: str
 
 
 class NewRuns:
@@ -118,33 +131,15 @@ class NewRuns:
             )
         return run_id, artifact_uri
 
-    def finish(
-        self,
-        run_id: str,
-        params: Sequence[tuple[str, str]],
-        tags: Mapping[str, str],
-        status: str | None,
-        end_time: int | None,
-        marker: str,
-    ) -> None:
-        """Add ``params`` and ``tags`` (none of them may be there yet), set ``status`` and
-        ``end_time`` (None: left as they are), and delete the tag ``marker``: all or nothing.
+    def finish(self, run_id: str, end: RunEnd) -> None:
+        """Write ``end`` (see :class:`RunEnd`): all or nothing.
 
         Raises MLflow's "not found" if the run is missing, or is not active, or has no
-        ``marker`` (it was not made by this unpack, or was finished already)."""
+        ``end.marker`` (it was not made by this unpack, or was finished already)."""
         with self.engine.begin() as conn:
-            self.finish_in(conn, run_id, params, tags, status, end_time, marker)
+            self.finish_in(conn, run_id, end)
 
-    def finish_in(
-        self,
-        conn: sa.Connection,
-        run_id: str,
-        params: Sequence[tuple[str, str]],
-        tags: Mapping[str, str],
-        status: str | None,
-        end_time: int | None,
-        marker: str,
-    ) -> None:
+    def finish_in(self, conn: sa.Connection, run_id: str, end: RunEnd) -> None:
         """:meth:`finish` in the caller's transaction (with the run's last points, say)."""
         import sqlalchemy as sa
         from mlflow.exceptions import MlflowException
@@ -152,13 +147,13 @@ class NewRuns:
 
         r, t = self.runs.c, self.tags.c
         gone = conn.execute(
-            sa.delete(self.tags).where(t.run_uuid == run_id, t.key == marker)
+            sa.delete(self.tags).where(t.run_uuid == run_id, t.key == end.marker)
         ).rowcount
         values: dict[str, object] = {}
-        if status is not None:
-            values["status"] = status
-        if end_time is not None:
-            values["end_time"] = end_time
+        if end.status is not None:
+            values["status"] = end.status
+        if end.end_time is not None:
+            values["end_time"] = end.end_time
         active = sa.and_(r.run_uuid == run_id, r.lifecycle_stage == "active")
         found = conn.execute(
             sa.update(self.runs).where(active).values(**values)
@@ -168,17 +163,18 @@ class NewRuns:
         matched = found.rowcount if values else found.scalar_one()
         if gone != 1 or matched != 1:
             raise MlflowException(
-                f"Run {run_id} is not an active run with the tag {marker!r} "
+                f"Run {run_id} is not an active run with the tag {end.marker!r} "
                 f"(tags deleted: {gone}, runs matched: {matched})",
                 error_code=INVALID_STATE,
             )
-        if params:
+        if end.params:
             conn.execute(
                 sa.insert(self.params),
-                [{"key": k, "value": v, "run_uuid": run_id} for k, v in params],
+                [{"key": k, "value": v, "run_uuid": run_id} for k, v in end.params],
             )
-        if tags:
+        if end.tags:
+            rows = sorted(end.tags.items())
             conn.execute(
                 sa.insert(self.tags),
-                [{"key": k, "value": v, "run_uuid": run_id} for k, v in sorted(tags.items())],
+                [{"key": k, "value": v, "run_uuid": run_id} for k, v in rows],
             )

@@ -60,6 +60,14 @@ def test_archive_keeps_every_point_bit_for_bit(
     tmp_path: Path, histories: dict[str, list[tuple[str, int, int, float]]]
 ) -> None:
     path = tmp_path / f"{uuid.uuid4().hex}.exim"
+    _write(path, histories)
+    with ArchiveReader(path) as reader:
+        got = _points_read(reader)
+    assert got == _points_of(histories)
+
+
+def _write(path: Path, histories: dict[str, list[tuple[str, int, int, float]]]) -> None:
+    """An archive of one experiment holding ``histories`` (run id -> points)."""
     writer = ArchiveWriter(
         path, created_at="2026-01-01T00:00:00Z", producer={}, source={}, selection={}
     )
@@ -68,14 +76,20 @@ def test_archive_keeps_every_point_bit_for_bit(
         writer.add_run(run, _table(run_id, histories[run_id]))
     writer.add_experiment(ExperimentRecord("1", "e", None, "active", None, None))
     writer.finish()
-    with ArchiveReader(path) as reader:
-        got = sorted(
-            (r["run_id"], r["key"], r["step"], r["timestamp"], _bits(r["value"]))
-            for b in reader.iter_metric_batches()
-            for r in b.to_pylist()
-        )
-    want = sorted((rid, k, s, t, _bits(v)) for rid, pts in histories.items() for k, s, t, v in pts)
-    assert got == want
+
+
+def _points_read(reader: ArchiveReader) -> list[tuple[str, str, int, int, bytes]]:
+    return sorted(
+        (r["run_id"], r["key"], r["step"], r["timestamp"], _bits(r["value"]))
+        for b in reader.iter_metric_batches()
+        for r in b.to_pylist()
+    )
+
+
+def _points_of(
+    histories: dict[str, list[tuple[str, int, int, float]]],
+) -> list[tuple[str, str, int, int, bytes]]:
+    return sorted((rid, k, s, t, _bits(v)) for rid, pts in histories.items() for k, s, t, v in pts)
 
 
 def _timestamp_encodings(path: Path, parts: list[str]) -> list[set[str]]:
@@ -113,23 +127,11 @@ def test_each_part_takes_the_smaller_timestamp_encoding_and_keeps_every_point(
         long_history.append(("loss", s, stamp, rng.gauss(0, 1)))
     histories["f" * 32] = long_history
     path = tmp_path / "parts.exim"
-    writer = ArchiveWriter(
-        path, created_at="2026-01-01T00:00:00Z", producer={}, source={}, selection={}
-    )
-    for run_id in sorted(histories):
-        run = RunRecord(run_id, "1", None, None, "FINISHED", 0, 0, "active", None)
-        writer.add_run(run, _table(run_id, histories[run_id]))
-    writer.add_experiment(ExperimentRecord("1", "e", None, "active", None, None))
-    writer.finish()
+    _write(path, histories)
     with ArchiveReader(path) as reader:
         parts = list(reader.table_members("metrics"))
-        got = sorted(
-            (r["run_id"], r["key"], r["step"], r["timestamp"], _bits(r["value"]))
-            for b in reader.iter_metric_batches()
-            for r in b.to_pylist()
-        )
-    want = sorted((rid, k, s, t, _bits(v)) for rid, pts in histories.items() for k, s, t, v in pts)
-    assert got == want
+        got = _points_read(reader)
+    assert got == _points_of(histories)
     assert len(parts) == 2
     encodings = _timestamp_encodings(path, parts)
     assert len(encodings) == 4  # two row groups a part, each with its part's encoding

@@ -10,7 +10,6 @@ import re
 import shutil
 import sqlite3
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from exim_archive import tables as T
 from exim_archive.histories import HistoryReader
 from exim_archive.sink import MlflowSink
 from exim_archive.source import MlflowSource
+from exim_archive.sql_run_writer import RunEnd
 
 BACKENDS = [
     "sqlite",
@@ -491,7 +491,10 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     assert fast is not None and note is None
     run = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     c.log_batch(run, params=[Param("clash", "before")])
-    end = partial(fast.runs.finish, run, status="FINISHED", end_time=T0 + 9)
+
+    def end(params: list[tuple[str, str]], tags: dict[str, str], marker: str) -> None:
+        fast.runs.finish(run, RunEnd(params, tags, "FINISHED", T0 + 9, marker))
+
     with pytest.raises(sa.exc.IntegrityError):  # a param already there: nothing lands
         end([("a", "1"), ("clash", "after")], {"t": "v"}, marker=INCOMPLETE_TAG)
     got = c.get_run(run)
@@ -511,7 +514,7 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     assert "c" not in c.get_run(run).data.params
 
     running = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
-    fast.runs.finish(running, [], {}, None, None, INCOMPLETE_TAG)  # RUNNING, no end: as is
+    fast.runs.finish(running, RunEnd([], {}, None, None, INCOMPLETE_TAG))  # RUNNING: as is
     got = c.get_run(running)
     assert (got.info.status, got.info.end_time) == ("RUNNING", None)
     assert INCOMPLETE_TAG not in got.data.tags
@@ -519,7 +522,7 @@ def test_a_new_run_ends_in_one_transaction(db_uri: str) -> None:
     gone = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     c.delete_run(gone)
     with pytest.raises(MlflowException, match="not an active run"):
-        fast.runs.finish(gone, [("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG)
+        fast.runs.finish(gone, RunEnd([("a", "1")], {}, "FINISHED", T0, INCOMPLETE_TAG))
 
 
 def test_a_new_runs_last_points_land_with_its_end(
@@ -536,14 +539,18 @@ def test_a_new_runs_last_points_land_with_its_end(
     fast, _note = sql_metrics.open_fast_path(c._tracking_client.store, db_uri)
     assert fast is not None
     points = _points(_edge_metrics())
+
+    def finished(params: list[tuple[str, str]], tags: dict[str, str]) -> RunEnd:
+        return RunEnd(params, tags, "FINISHED", T0 + 9, INCOMPLETE_TAG)
+
     run = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     c.log_batch(run, params=[Param("clash", "before")])
     with pytest.raises(sa.exc.IntegrityError):  # a param already there: no point lands either
-        fast.finish(run, [("clash", "after")], {}, "FINISHED", T0 + 9, INCOMPLETE_TAG, points)
+        fast.finish(run, finished([("clash", "after")], {}), points)
     assert _count(db_uri, "metrics", run) == _count(db_uri, "latest_metrics", run) == 0
     assert INCOMPLETE_TAG in c.get_run(run).data.tags
 
-    fast.finish(run, [("a", "1")], {"t": "v"}, "FINISHED", T0 + 9, INCOMPLETE_TAG, points)
+    fast.finish(run, finished([("a", "1")], {"t": "v"}), points)
     got = c.get_run(run)
     assert got.data.params == {"clash": "before", "a": "1"} and got.data.tags["t"] == "v"
     assert INCOMPLETE_TAG not in got.data.tags
@@ -564,7 +571,7 @@ def test_a_new_runs_last_points_land_with_its_end(
     monkeypatch.setattr(sql_point_writer.PointWriter, "write", spy)
     twice = c.create_run(exp, start_time=T0, tags={INCOMPLETE_TAG: "true"}).info.run_id
     repeated = pa.concat_tables([points.slice(0, 3), points.slice(0, 3)])
-    fast.finish(twice, [("a", "1")], {}, "FINISHED", T0 + 9, INCOMPLETE_TAG, repeated)
+    fast.finish(twice, finished([("a", "1")], {}), repeated)
     assert _count(db_uri, "metrics", twice) == 3
     got = c.get_run(twice)
     assert got.data.params == {"a": "1"} and INCOMPLETE_TAG not in got.data.tags
