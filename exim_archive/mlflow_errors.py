@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ __all__ = [
     "check_reachable",
     "disable_mlflow_retries",
     "is_transient",
+    "mlflow_error",
     "open_client",
     "scrub",
     "skip_absent_databricks_probes",
@@ -103,17 +105,36 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line[:limit]
 
 
+def _mlflow_exception() -> type[Exception] | None:
+    """MLflow's exception class if MLflow is loaded (else no exception can be one: the direct
+    SQL target runs without importing it, and an error must not cost that import)."""
+    module = sys.modules.get("mlflow.exceptions")
+    found: type[Exception] | None = getattr(module, "MlflowException", None)
+    return found
+
+
+def mlflow_error(message: str, code: str) -> Exception:
+    """The ``MlflowException`` MLflow's store raises for ``message`` with error code ``code``
+    (a name in ``databricks_pb2``, e.g. ``"RESOURCE_DOES_NOT_EXIST"``): the direct SQL writers
+    refuse what the store refuses, with its words. Imports MLflow, so only on the way out."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    return MlflowException(message, error_code=getattr(databricks_pb2, code))
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures worth retrying: the same call may well succeed a moment later."""
     import requests
-    from mlflow.exceptions import MlflowException
 
-    if isinstance(exc, MlflowException):
-        if exc.error_code in _PERMANENT_CODES:
+    MlflowException = _mlflow_exception()
+    if MlflowException is not None and isinstance(exc, MlflowException):
+        err: Any = exc
+        if err.error_code in _PERMANENT_CODES:
             return False
-        if exc.get_http_status_code() in _TRANSIENT_STATUS and exc.error_code != "INTERNAL_ERROR":
+        if err.get_http_status_code() in _TRANSIENT_STATUS and err.error_code != "INTERNAL_ERROR":
             return True
-        text = str(exc.message).lower()
+        text = str(err.message).lower()
         return any(word in text for word in _TRANSIENT_WORDS)
     if isinstance(exc, requests.HTTPError):
         status = exc.response.status_code if exc.response is not None else 0
@@ -230,8 +251,8 @@ class Caller:
 
     def _translate(self, what: str, exc: Exception) -> ArchiveError:
         import requests
-        from mlflow.exceptions import MlflowException
 
+        MlflowException = _mlflow_exception()
         if isinstance(exc, ModuleNotFoundError):
             return self.error(
                 f"{what} failed: the Python module {exc.name!r} is not installed",
@@ -239,9 +260,10 @@ class Caller:
                 hint="install the database driver, e.g. pip install 'exim-archive[postgres]' "
                 "or 'exim-archive[mysql]'",
             )
-        if isinstance(exc, MlflowException):
-            text = _first_line(exc.message or str(exc.error_code))
-            if exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        if MlflowException is not None and isinstance(exc, MlflowException):
+            err: Any = exc
+            text = _first_line(err.message or str(err.error_code))
+            if err.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
                 return self.error(
                     f"{what} was refused: {text}",
                     where=self.where,

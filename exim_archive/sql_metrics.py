@@ -33,13 +33,17 @@ if TYPE_CHECKING:
     from .records import RunRecord
 
 __all__ = [
+    "DIALECTS",
     "DISABLE_ENV",
+    "POSTGRES_DRIVERS",
     "TESTED_REVISIONS",
+    "Decided",
     "LazyFastPath",
     "SqlMetrics",
     "disabled",
     "open_fast_path",
     "revisions_tested",
+    "untested",
 ]
 
 TESTED_REVISIONS = frozenset({"dc11669786a5"})
@@ -47,8 +51,8 @@ TESTED_REVISIONS = frozenset({"dc11669786a5"})
 tested on: the head of mlflow 3.17.2's migrations (``add job executor persistence model``)."""
 
 DISABLE_ENV = "EXIM_NO_SQL_FAST_PATH"
-_DIALECTS = frozenset({"sqlite", "postgresql", "mysql"})
-_POSTGRES_DRIVERS = frozenset({"psycopg", "psycopg2"})
+DIALECTS = frozenset({"sqlite", "postgresql", "mysql"})
+POSTGRES_DRIVERS = frozenset({"psycopg", "psycopg2"})
 """PostgreSQL drivers whose COPY the point writer uses; another one goes through MLflow."""
 
 _log = logging.getLogger(__name__)
@@ -84,6 +88,29 @@ def _note(uri: str, text: str) -> str:
     return text
 
 
+def untested(engine: sa.Engine) -> str | None:
+    """Why direct SQL may not write through ``engine`` (a dialect, driver or schema revision
+    not tested; an unreadable revision), or None when it may. The one rule for
+    :func:`open_fast_path` and :func:`.sql_target.open_sql_target`."""
+    import sqlalchemy as sa
+
+    if engine.dialect.name not in DIALECTS:
+        return f"{engine.dialect.name} not tested for direct SQL; using MLflow's API (slower)"
+    if engine.dialect.name == "postgresql" and engine.dialect.driver not in POSTGRES_DRIVERS:
+        return (
+            f"PostgreSQL driver {engine.dialect.driver} not tested for direct SQL; using "
+            "MLflow's API (slower; psycopg and psycopg2 are)"
+        )
+    try:
+        found = _revisions(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        return f"schema revision unreadable ({type(exc).__name__}); using MLflow's API (slower)"
+    if not revisions_tested(found):
+        shown = ", ".join(sorted(found)) or "none"
+        return f"schema revision {shown} not tested; using MLflow's API (slower)"
+    return None
+
+
 def open_fast_path(store: Any, uri: str) -> tuple[SqlMetrics | None, str | None]:
     """Direct SQL for ``uri`` if allowed, else None and (when it is not plain N/A) a note why.
 
@@ -97,23 +124,9 @@ def open_fast_path(store: Any, uri: str) -> tuple[SqlMetrics | None, str | None]
     engine = getattr(store, "engine", None)
     if not isinstance(engine, sa.Engine):
         return None, None
-    if engine.dialect.name not in _DIALECTS:
-        text = f"{engine.dialect.name} not tested for direct SQL; using MLflow's API (slower)"
+    text = untested(engine)
+    if text is not None:
         return None, _note(uri, text)
-    if engine.dialect.name == "postgresql" and engine.dialect.driver not in _POSTGRES_DRIVERS:
-        text = (
-            f"PostgreSQL driver {engine.dialect.driver} not tested for direct SQL; using "
-            "MLflow's API (slower; psycopg and psycopg2 are)"
-        )
-        return None, _note(uri, text)
-    try:
-        found = _revisions(engine)
-    except sa.exc.SQLAlchemyError as exc:
-        text = f"schema revision unreadable ({type(exc).__name__}); using MLflow's API (slower)"
-        return None, _note(uri, text)
-    if not revisions_tested(found):
-        shown = ", ".join(sorted(found)) or "none"
-        return None, _note(uri, f"schema revision {shown} not tested; using MLflow's API (slower)")
     return SqlMetrics(engine), None
 
 
@@ -136,6 +149,16 @@ class LazyFastPath:
                     self._notes.append(note)
                 self._decided = True
             return self._fast
+
+
+class Decided:
+    """A fast path known from the start (the direct SQL target's, :mod:`.sql_target`)."""
+
+    def __init__(self, fast: SqlMetrics) -> None:
+        self._fast = fast
+
+    def get(self) -> SqlMetrics | None:
+        return self._fast
 
 
 class SqlMetrics:

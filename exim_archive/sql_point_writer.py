@@ -22,6 +22,8 @@ import codecs
 import io
 import itertools
 import math
+import posixpath
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from . import tables as T
+from .mlflow_errors import mlflow_error
+from .sql_tables import LATEST_METRICS, RUNS
 from .sql_text import METRICS_COLUMNS, marks, quoted
 
 if TYPE_CHECKING:
@@ -74,13 +78,11 @@ class PointWriter:
     SQLAlchemy engine."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun
-
         self.engine = engine
         self.dialect = engine.dialect.name
         self.driver = engine.dialect.driver
-        self.latest: sa.Table = SqlLatestMetric.__table__
-        self.runs: sa.Table = SqlRun.__table__
+        self.latest = LATEST_METRICS
+        self.runs = RUNS
 
     def quoted(self, *names: str) -> str:
         return quoted(self.dialect, *names)
@@ -191,21 +193,17 @@ class PointWriter:
     def _check_run(self, conn: sa.Connection, run_id: str) -> None:
         """Refuse, as MLflow does, points for a run that is missing or deleted."""
         import sqlalchemy as sa
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
         r = self.runs.c
         stage = conn.execute(
             sa.select(r.lifecycle_stage).where(r.run_uuid == run_id)
         ).scalar_one_or_none()
         if stage is None:
-            raise MlflowException(
-                f"Run with id={run_id} not found", error_code=RESOURCE_DOES_NOT_EXIST
-            )
+            raise mlflow_error(f"Run with id={run_id} not found", "RESOURCE_DOES_NOT_EXIST")
         if stage != "active":
-            raise MlflowException(
+            raise mlflow_error(
                 f"The run {run_id} must be in the 'active' state. Current state is {stage}.",
-                error_code=INVALID_PARAMETER_VALUE,
+                "INVALID_PARAMETER_VALUE",
             )
 
     def _insert_skipping_existing(self) -> str:
@@ -307,11 +305,26 @@ def _python(stored: pa.Table) -> _Batch:
 
 
 def _validate_keys(keys: list[str]) -> None:
-    """MLflow's own check of metric names, once per distinct key."""
-    from mlflow.utils.validation import _validate_metric_name
-
+    """MLflow's check of metric names (``mlflow.utils.validation._validate_metric_name`` on a
+    POSIX system), once per distinct key, without importing MLflow unless a key fails it: MLflow
+    then raises its own error."""
     for key in sorted(set(keys)):
-        _validate_metric_name(key)
+        if not valid_metric_name(key):
+            from mlflow.utils.validation import _validate_metric_name
+
+            _validate_metric_name(key)
+
+
+_METRIC_NAME = re.compile(r"^[/\w.\- :]*$")
+
+
+def valid_metric_name(name: str) -> bool:
+    """Whether MLflow 3.17 accepts ``name`` for a metric: slashes, alphanumerics, underscores,
+    periods, dashes, colons and spaces, and a path that normalises to itself inside the run."""
+    norm = posixpath.normpath(name)
+    return bool(_METRIC_NAME.match(name)) and not (
+        norm != name or norm == "." or norm.startswith("..") or norm.startswith("/")
+    )
 
 
 def _newest(stored: pa.Table, best: _Newest) -> None:

@@ -655,7 +655,7 @@ def test_postgres_driver_not_tested_writes_through_the_api(
     postgres_uri: str, sql_writes: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Direct SQL on PostgreSQL only through the drivers whose COPY it was tested with."""
-    monkeypatch.setattr(sql_metrics, "_POSTGRES_DRIVERS", frozenset({"psycopg2"}))
+    monkeypatch.setattr(sql_metrics, "POSTGRES_DRIVERS", frozenset({"psycopg2"}))
     c = MlflowClient(postgres_uri)
     run = c.create_run(c.create_experiment("w"), start_time=T0).info.run_id
     sink = MlflowSink(postgres_uri)
