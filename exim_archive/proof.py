@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .artifact_roots import ArtifactRoots
 from .bundle_reader import ArchiveReader
 from .errors import TargetError
 from .histories import HistoryReader
@@ -30,8 +32,16 @@ from .lineage import (
 )
 from .pool import ordered_map
 from .records import ArtifactRecord, RunRecord
-from .sink import KEY_LIMIT, PARAM_VALUE_LIMIT, RUN_TAG_VALUE_LIMIT, MlflowSink, RunContents
+from .sink import (
+    KEY_LIMIT,
+    PARAM_VALUE_LIMIT,
+    RUN_TAG_VALUE_LIMIT,
+    MlflowSink,
+    RunContents,
+    open_sink,
+)
 from .source import MlflowSource
+from .sql_source import SqlSource, open_sql_source
 from .uri import redact_uri, resolve_tracking_uri
 
 __all__ = ["ProofReport", "check_against"]
@@ -153,13 +163,16 @@ def check_against(
     """
     uri = resolve_tracking_uri(tracking_uri) if sink is None else sink.uri
     report = ProofReport(os.fspath(archive), redact_uri(uri))
-    with ArchiveReader(archive) as reader:
+    with ArchiveReader(archive) as reader, ExitStack() as cleanup:
         if sink is None:  # a check only: MLflow would make a store where none is
             MlflowSource.check_exists(uri, TargetError)
-            sink = MlflowSink(uri)
-        target = MlflowSource(
-            uri, error=TargetError, hint="run the same unpack again, or check the target"
-        )
+            sink = open_sink(uri, ArtifactRoots())
+            cleanup.callback(sink.close)
+        hint = "run the same unpack again, or check the target"
+        target: MlflowSource | SqlSource = open_sql_source(
+            uri, sink.artifact_roots, error=TargetError, hint=hint
+        ) or MlflowSource(uri, error=TargetError, hint=hint)
+        cleanup.callback(target.close)
         files: dict[str, dict[str, int]] = defaultdict(dict)
         records: dict[str, list[ArtifactRecord]] = defaultdict(list)
         for art in reader.artifacts():
@@ -233,16 +246,19 @@ def check_against(
                 run_ids,
             )
             report.runs_checked += 1
-        from .family_proof import check_families  # the family modules load only when needed
+        if any(reader.family_rows().values()):  # MLflow's client reads them (opened here)
+            from .family_proof import check_families
 
-        check_families(report, reader, sink.client, sink.call, uri, experiment_map)
+            check_families(report, reader, sink.client, sink.call, uri, experiment_map)
     return report
 
 
 def _target_counts(
-    target: MlflowSource, runs: list[RunRecord], workers: int
+    target: MlflowSource | SqlSource, runs: list[RunRecord], workers: int
 ) -> dict[str, dict[str, int]]:
     """Metric points per key of each target run (a store keeps each distinct point once)."""
+    if isinstance(target, SqlSource):
+        return target.point_counts(runs)
     reader = HistoryReader(target, workers)
     out: dict[str, dict[str, int]] = {}
     for start in range(0, len(runs), 200):

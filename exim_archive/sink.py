@@ -27,11 +27,12 @@ from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, STATE_TAG
 from .mlflow_errors import Caller, open_client
 from .records import ArtifactRecord, DatasetInputRecord, RunRecord
-from .sql_metrics import LazyFastPath
+from .sql_metrics import Decided, LazyFastPath
 from .sql_run_writer import RunEnd
+from .sql_target import SqlTarget, open_sql_target
 from .uri import redact_uri, uri_kind
 
-__all__ = ["ExistingRun", "Fitted", "MlflowSink", "TargetExperiment", "fit_tags"]
+__all__ = ["ExistingRun", "Fitted", "MlflowSink", "TargetExperiment", "fit_tags", "open_sink"]
 
 # MLflow 3.17's limits (mlflow/utils/validation.py): unpack's limits rule applies them before
 # writing, and the proof after unpack expects values as that rule wrote them.
@@ -69,6 +70,7 @@ def fit_tags(tags: Mapping[str, str], value_limit: int, what: str) -> Fitted:
     return Fitted(out, notes)
 
 
+_RUN_STATUSES = frozenset({"RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"})
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 _PAGE = 50_000
 
@@ -109,11 +111,19 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class MlflowSink:
     """Writes experiments, runs, metrics, inputs and artifacts to one tracking URI."""
 
-    def __init__(self, tracking_uri: str, artifact_roots: ArtifactRoots | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_roots: ArtifactRoots | None = None,
+        direct: SqlTarget | None = None,
+    ) -> None:
         """``artifact_roots``: on a database URI, where the server that serves it keeps its
         ``mlflow-artifacts:/`` files (see :mod:`.artifact_roots`). Given a destination, new
         experiments get ``mlflow-artifacts:/<id>`` locations, as that server would give them,
-        and run files are written under the destination."""
+        and run files are written under the destination.
+
+        ``direct``: the same database written with plain SQL (:func:`open_sink`); MLflow's
+        client is then opened only when a call needs it."""
         self.uri = tracking_uri
         self.artifact_roots = artifact_roots or ArtifactRoots()
         self.safe_uri = redact_uri(tracking_uri)
@@ -129,19 +139,49 @@ class MlflowSink:
             self.safe_uri,
             "fix the cause and run the same unpack again: it resumes where it stopped",
         )
-        self.client = open_client(tracking_uri, self.call)
-        self._store = self.client._tracking_client.store
-        if self.artifact_roots.destination and uri_kind(tracking_uri) == "database":
-            self._store.artifact_root_uri = f"{PROXIED}/"  # what the server's store is given
+        self.direct = direct
+        self._client: Any = None
+        self._client_lock = threading.Lock()
         self.notes: list[str] = []
         """Things worth telling about how this target was written (e.g. no direct SQL)."""
         # Metric points go through direct SQL on a database at a tested schema revision,
         # decided on the first log_metrics call (see sql_metrics).
-        self._sql_metrics = LazyFastPath(self._store, tracking_uri, self.notes)
+        self._sql_metrics: LazyFastPath | Decided
+        if direct is not None:
+            self._sql_metrics = Decided(direct.metrics)
+        else:  # connect now: an unreachable target fails before any work
+            self._sql_metrics = LazyFastPath(self._store, tracking_uri, self.notes)
+
+    @property
+    def client(self) -> Any:
+        """MLflow's client for the target, opened (and MLflow imported) on first use."""
+        with self._client_lock:
+            if self._client is None:
+                client = open_client(self.uri, self.call)
+                if self.artifact_roots.destination and uri_kind(self.uri) == "database":
+                    # what the server's store is given
+                    client._tracking_client.store.artifact_root_uri = f"{PROXIED}/"
+                self._client = client
+            return self._client
+
+    @property
+    def _store(self) -> Any:
+        return self.client._tracking_client.store
+
+    def close(self) -> None:
+        """Let go of the direct SQL connections (MLflow's client keeps its own)."""
+        if self.direct is not None:
+            self.direct.close()
 
     # -- experiments ---------------------------------------------------------------------------
 
     def find_experiment(self, name: str) -> TargetExperiment | None:
+        direct = self.direct
+        if direct is not None:
+            found = self.call(
+                f"looking up experiment {name!r}", partial(direct.experiment_by_name, name)
+            )
+            return None if found is None else TargetExperiment(*found)
         exp = self.call(
             f"looking up experiment {name!r}", lambda: self.client.get_experiment_by_name(name)
         )
@@ -152,15 +192,22 @@ class MlflowSink:
             found = self.find_experiment(name)
             return None if found is None else found.experiment_id
 
-        return str(
-            self.call(
-                f"creating experiment {name!r}",
-                lambda: self.client.create_experiment(name, tags=dict(tags)),
-                before_retry=landed,
-            )
+        direct = self.direct
+        create = (
+            partial(direct.create_experiment, name, dict(tags))
+            if direct is not None
+            else lambda: self.client.create_experiment(name, tags=dict(tags))
         )
+        return str(self.call(f"creating experiment {name!r}", create, before_retry=landed))
 
     def set_experiment_tags(self, experiment_id: str, tags: Mapping[str, str]) -> None:
+        direct = self.direct
+        if direct is not None:
+            self.call(
+                f"tagging experiment {experiment_id}",
+                partial(direct.set_experiment_tags, experiment_id, tags),
+            )
+            return
         for key, value in sorted(tags.items()):
             self.call(
                 f"tagging experiment {experiment_id}",
@@ -168,6 +215,12 @@ class MlflowSink:
             )
 
     def experiment_tags(self, experiment_id: str) -> dict[str, str]:
+        direct = self.direct
+        if direct is not None:
+            return self.call(
+                f"reading experiment {experiment_id}",
+                partial(direct.experiment_tags, experiment_id),
+            )
         exp = self.call(
             f"reading experiment {experiment_id}", lambda: self.client.get_experiment(experiment_id)
         )
@@ -195,13 +248,49 @@ class MlflowSink:
     # -- runs ------------------------------------------------------------------------------------
 
     def existing_runs(
-        self, experiment_id: str, filter_string: str = ""
+        self, experiment_id: str, source_run_id: str | None = None
     ) -> tuple[dict[str, ExistingRun], set[str]]:
         """Runs an earlier unpack made here (by source run id), and the ids of the other runs."""
-        from mlflow.entities import ViewType
-
         ours: dict[str, ExistingRun] = {}
         foreign: set[str] = set()
+        for run_id, stage, tags in self._runs_of(experiment_id, source_run_id):
+            source_id = tags.get(SOURCE_RUN_TAG)
+            if source_id is None:
+                foreign.add(run_id)
+                continue
+            found = ExistingRun(
+                run_id, source_id, INCOMPLETE_TAG in tags, stage, tags.get(STATE_TAG)
+            )
+            previous = ours.get(source_id)
+            # Two copies only arise from concurrent unpacks; prefer a complete, active one.
+            if previous is None or (previous.incomplete, previous.run_id) > (
+                found.incomplete,
+                found.run_id,
+            ):
+                ours[source_id] = found
+        return ours, foreign
+
+    def _runs_of(
+        self, experiment_id: str, source_run_id: str | None
+    ) -> Iterator[tuple[str, str, Mapping[str, str]]]:
+        """``(run id, lifecycle stage, tags)`` of every run of the experiment (deleted ones
+        too), or of those made from ``source_run_id``."""
+        direct = self.direct
+        if direct is not None:
+            keys = (SOURCE_RUN_TAG, INCOMPLETE_TAG, STATE_TAG)
+            only = None if source_run_id is None else (SOURCE_RUN_TAG, source_run_id)
+            runs = self.call(
+                f"listing runs of experiment {experiment_id}",
+                partial(direct.runs, experiment_id, keys, only),
+            )
+            for run in runs:
+                yield run.run_id, run.lifecycle_stage, run.tags
+            return
+        from mlflow.entities import ViewType
+
+        filter_string = (
+            "" if source_run_id is None else f"tags.`{SOURCE_RUN_TAG}` = '{source_run_id}'"
+        )
         token = None
         while True:
             page = self.call(
@@ -216,37 +305,17 @@ class MlflowSink:
                 ),
             )
             for run in page:
-                source_id = run.data.tags.get(SOURCE_RUN_TAG)
-                if source_id is None:
-                    foreign.add(run.info.run_id)
-                    continue
-                found = ExistingRun(
-                    run.info.run_id,
-                    source_id,
-                    INCOMPLETE_TAG in run.data.tags,
-                    run.info.lifecycle_stage,
-                    run.data.tags.get(STATE_TAG),
-                )
-                previous = ours.get(source_id)
-                # Two copies only arise from concurrent unpacks; prefer a complete, active one.
-                if previous is None or (previous.incomplete, previous.run_id) > (
-                    found.incomplete,
-                    found.run_id,
-                ):
-                    ours[source_id] = found
+                yield run.info.run_id, run.info.lifecycle_stage, run.data.tags
             if not page.token or page.token == token:
                 break
             token = page.token
-        return ours, foreign
 
     def find_run(self, experiment_id: str, source_run_id: str) -> ExistingRun | None:
         """The run an earlier (or concurrent) unpack made from ``source_run_id``, if any."""
-        found, _ = self.existing_runs(experiment_id, f"tags.`{SOURCE_RUN_TAG}` = '{source_run_id}'")
+        found, _ = self.existing_runs(experiment_id, source_run_id)
         return found.get(source_run_id)
 
     def create_run(self, experiment_id: str, run: RunRecord, tags: Mapping[str, str]) -> str:
-        from mlflow.entities import RunTag
-
         start = run.start_time if run.start_time is not None else int(time.time() * 1000)
         user = run.user_id if run.user_id is not None else "unknown"
         fast = self._sql_metrics.get()
@@ -258,6 +327,8 @@ class MlflowSink:
                 )
                 self._artifact_uris[run_id] = artifact_uri
                 return run_id
+            from mlflow.entities import RunTag
+
             created = self._store.create_run(
                 experiment_id=experiment_id,
                 user_id=user,
@@ -343,8 +414,6 @@ class MlflowSink:
         return self.uri.startswith("sqlite:")
 
     def log_metrics(self, run_id: str, points: pa.Table) -> None:
-        from mlflow.entities import Metric
-
         fast = self._sql_metrics.get()
         if fast is not None:
             self.call(f"logging metrics of run {run_id}", partial(fast.write, run_id, points))
@@ -352,6 +421,8 @@ class MlflowSink:
         if uri_kind(self.uri) == "http":
             self._post_points(run_id, points)
             return
+        from mlflow.entities import Metric
+
         keys = T.pylist(points.column("key"))
         steps = points.column("step").to_pylist()
         stamps = points.column("timestamp").to_pylist()
@@ -380,10 +451,18 @@ class MlflowSink:
         verify_rest_response(resp, _LOG_BATCH)
 
     def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
         if not inputs:
             return
+        direct = self.direct
+        if direct is not None:
+            with self._inputs_lock:
+                self.call(
+                    f"logging dataset inputs of run {run_id}",
+                    partial(direct.log_inputs, run_id, inputs),
+                )
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
         datasets = [
             DatasetInput(
                 Dataset(d.name, d.digest, d.source_type, d.source, d.schema, d.profile),
@@ -475,7 +554,6 @@ class MlflowSink:
         """Set status and end time as the source had them, then drop the incomplete marker
         (with the params, tags and points :meth:`log_run_data` held, in one transaction, where
         it held them)."""
-        from mlflow.entities import RunStatus
 
         def already_gone() -> bool | None:
             tags = self.client.get_run(run_id).data.tags
@@ -485,13 +563,21 @@ class MlflowSink:
         held = self._pending.pop(run_id, None)
         fast = self._sql_metrics.get()
         if held is not None and fast is not None:
-            status = RunStatus.to_string(RunStatus.from_string(run.status)) if ends else None
+            if ends and run.status not in _RUN_STATUSES:
+                raise TargetError(
+                    f"run {run.run_id} has status {run.status!r}, which MLflow does not know",
+                    where=self.safe_uri,
+                    hint="check the archive (exim-archive verify), then run unpack again",
+                )
+            status = run.status if ends else None
             end_time = run.end_time if ends else None
             end = RunEnd(held.params, held.tags, status, end_time, INCOMPLETE_TAG)
             finish = partial(fast.finish, run_id, end, held.points)
             self.call(f"finishing run {run_id}", finish, before_retry=already_gone)
             return
         if ends:
+            from mlflow.entities import RunStatus
+
             self.call(
                 f"finishing run {run_id}",
                 lambda: self._store.update_run_info(
@@ -539,18 +625,18 @@ class MlflowSink:
         (a server's ``mlflow-artifacts:`` included) listed through the run's own artifact
         repository, one call per folder: MLflow's ``list_artifacts(run_id)`` fetches the run
         again and searches its logged models for every folder."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
         if not artifact_uri:
             return self._files(run_id, None, partial(self.client.list_artifacts, run_id))
-        if uri_kind(self.uri) == "http":
-            repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
-            return self._files(run_id, None, repo.list_artifacts)
-        where = self._resolved(run_id, artifact_uri)
-        folder = ArtifactRoots.local_folder(where)
+        http = uri_kind(self.uri) == "http"
+        where = artifact_uri if http else self._resolved(run_id, artifact_uri)
+        folder = None if http else ArtifactRoots.local_folder(where)
         if folder is not None:
             return {path: local.stat().st_size for path, local in files_under(folder)}
-        return self._files(run_id, None, get_artifact_repository(where).list_artifacts)
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(where, tracking_uri=self.uri) if http else None
+        repo = repo or get_artifact_repository(where)
+        return self._files(run_id, None, repo.list_artifacts)
 
     def _files(
         self, run_id: str, path: str | None, list_folder: Callable[[str | None], Any]
@@ -563,6 +649,13 @@ class MlflowSink:
             else:
                 out[info.path] = int(info.file_size or 0)
         return out
+
+
+def open_sink(tracking_uri: str, artifact_roots: ArtifactRoots) -> MlflowSink:
+    """The sink for ``tracking_uri``: on a database that :mod:`.sql_target` applies to, one that
+    writes it with plain SQL and opens MLflow only for what that module leaves to it."""
+    direct = open_sql_target(tracking_uri, proxied=bool(artifact_roots.destination))
+    return MlflowSink(tracking_uri, artifact_roots, direct)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pyarrow as pa
 
 from .artifact_roots import ArtifactRoots
-from .errors import SourceError
+from .errors import ArchiveError, SourceError
 from .manifest import canonical_json
 from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
@@ -121,9 +121,15 @@ def _connect(uri: str) -> _Database | None:
     return _Database(dialect, name, conn)
 
 
-def open_sql_source(uri: str, artifact_roots: ArtifactRoots) -> SqlSource | None:
+def open_sql_source(
+    uri: str,
+    artifact_roots: ArtifactRoots,
+    error: type[ArchiveError] = SourceError,
+    hint: str = "check the database and the URI, then run pack again",
+) -> SqlSource | None:
     """A :class:`SqlSource` for ``uri`` if this module applies to it (see the module's
-    docstring), else None: the caller then reads through MLflow."""
+    docstring), else None: the caller then reads through MLflow. ``error`` and ``hint``: how
+    its failures are reported (the proof after unpack reads a target with it)."""
     if disabled():
         return None
     try:
@@ -141,7 +147,7 @@ def open_sql_source(uri: str, artifact_roots: ArtifactRoots) -> SqlSource | None
     if not revisions_tested(revisions) or len(workspaces) > 1:
         db.close()
         return None
-    return SqlSource(uri, db, artifact_roots)
+    return SqlSource(uri, db, artifact_roots, error, hint)
 
 
 def _text(value: Any) -> str | None:
@@ -162,13 +168,18 @@ class SqlSource:
     """Reads experiments, runs, metric points and local artifacts of one MLflow database with
     plain SQL; MLflow's client only on demand (:attr:`client`)."""
 
-    def __init__(self, uri: str, db: _Database, artifact_roots: ArtifactRoots) -> None:
+    def __init__(
+        self,
+        uri: str,
+        db: _Database,
+        artifact_roots: ArtifactRoots,
+        error: type[ArchiveError] = SourceError,
+        hint: str = "check the database and the URI, then run pack again",
+    ) -> None:
         self.uri = uri
         self.safe_uri = redact_uri(uri)
         self.kind = "database"
-        self.call = Caller(
-            SourceError, self.safe_uri, "check the database and the URI, then run pack again"
-        )
+        self.call = Caller(error, self.safe_uri, hint)
         self.notes: list[str] = []
         self.db = db
         self.artifact_roots = artifact_roots
@@ -403,6 +414,13 @@ class SqlSource:
         """Every point of every listed metric of the runs (:class:`.PointReader`)."""
         return self.call(
             f"reading the metric points of {len(runs)} runs", partial(self.db.points.read, runs)
+        )
+
+    def point_counts(self, runs: list[RunRecord]) -> dict[str, dict[str, int]]:
+        """Stored points per run and key (the proof after unpack)."""
+        return self.call(
+            f"counting the metric points of {len(runs)} runs",
+            partial(self.db.points.count, [r.run_id for r in runs]),
         )
 
     # -- artifacts -------------------------------------------------------------------------------

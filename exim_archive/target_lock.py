@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from .errors import TargetError
@@ -26,6 +27,7 @@ __all__ = ["LOCK_NAME", "TargetLock"]
 
 LOCK_NAME = "mlflow_exim.unpack-lock"
 STALE_AFTER = 120.0
+_DESCRIPTION = "held by exim-archive unpack while it writes; removed when done"
 HEARTBEAT = 20.0
 
 
@@ -42,6 +44,9 @@ class TargetLock:
         self._beat: threading.Thread | None = None
 
     def _tags(self) -> dict[str, str] | None:
+        direct = self.sink.direct
+        if direct is not None:
+            return self.sink.call("reading the unpack lock", partial(direct.model_tags, LOCK_NAME))
         from mlflow.exceptions import MlflowException
 
         def read() -> dict[str, str] | None:
@@ -55,18 +60,21 @@ class TargetLock:
         return self.sink.call("reading the unpack lock", read)
 
     def _try_create(self) -> bool:
-        from mlflow.exceptions import MlflowException
+        tags = {
+            "owner": self.owner,
+            "heartbeat": str(time.time()),
+            **({"process": f"{_MACHINE}/{os.getpid()}"} if _MACHINE else {}),
+        }
+        direct = self.sink.direct
 
         def create() -> bool:
+            if direct is not None:
+                return direct.create_model(LOCK_NAME, tags, _DESCRIPTION)
+            from mlflow.exceptions import MlflowException
+
             try:
                 self.sink.client.create_registered_model(
-                    LOCK_NAME,
-                    tags={
-                        "owner": self.owner,
-                        "heartbeat": str(time.time()),
-                        **({"process": f"{_MACHINE}/{os.getpid()}"} if _MACHINE else {}),
-                    },
-                    description="held by exim-archive unpack while it writes; removed when done",
+                    LOCK_NAME, tags=tags, description=_DESCRIPTION
                 )
                 return True
             except MlflowException as exc:
@@ -114,11 +122,19 @@ class TargetLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
             try:
-                self.sink.client.set_registered_model_tag(LOCK_NAME, "heartbeat", str(time.time()))
+                beat = str(time.time())
+                if self.sink.direct is not None:
+                    self.sink.direct.set_model_tag(LOCK_NAME, "heartbeat", beat)
+                else:
+                    self.sink.client.set_registered_model_tag(LOCK_NAME, "heartbeat", beat)
             except Exception:
                 continue
 
     def _delete(self) -> None:
+        direct = self.sink.direct
+        if direct is not None:
+            self.sink.call("removing the unpack lock", partial(direct.delete_model, LOCK_NAME))
+            return
         from mlflow.exceptions import MlflowException
 
         def delete() -> None:

@@ -13,6 +13,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ from .sink import (
     ExistingRun,
     MlflowSink,
     fit_tags,
+    open_sink,
 )
 from .target_lock import TargetLock
 from .uri import redact_uri, resolve_tracking_uri
@@ -464,19 +466,21 @@ def unpack(
     started = time.perf_counter()
     uri = resolve_tracking_uri(tracking_uri)
     verify(archive, progress=progress).raise_if_failed()
-    with ArchiveReader(archive) as reader:
-        sink = MlflowSink(uri, ArtifactRoots(artifacts_destination))
-        report = UnpackReport(os.fspath(archive), reader.digest, redact_uri(uri))
-        try:
-            with TargetLock(sink, say) as lock:
-                if lock.note:
-                    report.notes.append(lock.note)
-                _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
-        finally:
-            report.retries = sink.call.retries
-            report.notes.extend(sink.notes)
-    if check:
-        proof = check_against(archive, sink=sink, workers=workers)
+    with ExitStack() as held:
+        with ArchiveReader(archive) as reader:
+            sink = open_sink(uri, ArtifactRoots(artifacts_destination))
+            held.callback(sink.close)
+            report = UnpackReport(os.fspath(archive), reader.digest, redact_uri(uri))
+            try:
+                with TargetLock(sink, say) as lock:
+                    if lock.note:
+                        report.notes.append(lock.note)
+                    _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
+            finally:
+                report.retries = sink.call.retries
+                report.notes.extend(sink.notes)
+        proof = check_against(archive, sink=sink, workers=workers) if check else None
+    if proof is not None:
         report.runs_checked = proof.runs_checked
         if not proof.ok:
             raise TargetError(

@@ -1,0 +1,382 @@
+"""unpack into a database with plain SQL (exim_archive.sql_target) leaves the same rows as
+unpack through MLflow's store (EXIM_NO_SQL_FAST_PATH=1), on SQLite, PostgreSQL and MariaDB, and
+imports no MLflow where nothing needs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewStore
+from mlflow import MlflowClient
+from workload import seed_bulk, seed_rich
+
+from exim_archive import pack, unpack
+from exim_archive.lineage import SOURCE_RUN_TAG
+from exim_archive.sql_point_writer import valid_metric_name
+from exim_archive.sql_run_writer import append_path
+from exim_archive.sql_target import SqlTarget, open_sql_target
+
+_TABLES = {
+    # table: columns compared (ids and times that differ by nature are mapped or left out)
+    "experiments": ("name", "artifact_location", "lifecycle_stage", "workspace"),
+    "experiment_tags": ("experiment_id", "key", "value"),
+    "runs": (
+        "run_uuid",
+        "name",
+        "source_type",
+        "source_name",
+        "entry_point_name",
+        "user_id",
+        "status",
+        "start_time",
+        "end_time",
+        "source_version",
+        "lifecycle_stage",
+        "artifact_uri",
+        "experiment_id",
+    ),
+    "tags": ("run_uuid", "key", "value"),
+    "params": ("run_uuid", "key", "value"),
+    "metrics": ("run_uuid", "key", "step", "timestamp", "value", "is_nan"),
+    "latest_metrics": ("run_uuid", "key", "step", "timestamp", "value", "is_nan"),
+    "datasets": (
+        "experiment_id",
+        "name",
+        "digest",
+        "dataset_source_type",
+        "dataset_source",
+        "dataset_schema",
+        "dataset_profile",
+    ),
+    "registered_models": ("name", "description", "workspace"),
+    "registered_model_tags": ("name", "key", "value"),
+}
+
+
+def _dump(uri: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows unpack writes, with each target run id replaced by its source run's id and
+    each dataset and input uuid by what it links, so two unpacks compare equal."""
+    engine = sa.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            source_of = dict(
+                conn.execute(
+                    sa.text("SELECT run_uuid, value FROM tags WHERE " + _key_is(engine, "k")),
+                    {"k": SOURCE_RUN_TAG},
+                ).all()
+            )
+
+            def plain(value: Any) -> Any:
+                if isinstance(value, str):
+                    for target, source in source_of.items():
+                        value = value.replace(target, f"<{source}>")
+                if isinstance(value, float) and value == 0:
+                    value = 0.0  # psycopg2 through MLflow writes -0.0 as 0 (see test_sql_metrics)
+                return value
+
+            out: dict[str, list[tuple[Any, ...]]] = {}
+            for table, columns in _TABLES.items():
+                rows = conn.execute(
+                    sa.select(*(sa.column(c) for c in columns)).select_from(sa.table(table))
+                )
+                out[table] = sorted((tuple(plain(v) for v in row) for row in rows), key=repr)
+            datasets = dict(conn.execute(sa.text("SELECT dataset_uuid, name FROM datasets")).all())
+            out["inputs"] = sorted(
+                (plain(dest), datasets[src], s_type, d_type, step)
+                for src, dest, s_type, d_type, step in conn.execute(
+                    sa.text(
+                        "SELECT source_id, destination_id, source_type, destination_type, step "
+                        "FROM inputs"
+                    )
+                )
+            )
+            out["input_tags"] = sorted(
+                (plain(dest), datasets[src], name, value)
+                for src, dest, name, value in conn.execute(
+                    sa.text(
+                        "SELECT i.source_id, i.destination_id, t.name, t.value FROM input_tags t "
+                        "JOIN inputs i ON i.input_uuid = t.input_uuid"
+                    )
+                )
+            )
+    finally:
+        engine.dispose()
+    return out
+
+
+def _key_is(engine: sa.Engine, mark: str) -> str:
+    return ("`key`" if engine.dialect.name == "mysql" else '"key"') + f" = :{mark}"
+
+
+def _migrate(uri: str) -> None:
+    MlflowClient(tracking_uri=uri).search_experiments()
+
+
+def _both_ways(
+    archive: Path, first: str, second: str, monkeypatch: pytest.MonkeyPatch, **kw: Any
+) -> None:
+    """Unpack ``archive`` into ``first`` through MLflow, into ``second`` with plain SQL (both
+    migrated first, as a server leaves a database); the rows must agree."""
+    for uri in (first, second):
+        _migrate(uri)
+    probe = open_sql_target(second, proxied=bool(kw.get("artifacts_destination")))
+    assert isinstance(probe, SqlTarget), "the SQL target should apply to this database"
+    probe.close()
+    monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
+    slow = unpack(archive, tracking_uri=first, **kw)
+    monkeypatch.delenv("EXIM_NO_SQL_FAST_PATH")
+    fast = unpack(archive, tracking_uri=second, **kw)
+    assert (fast.runs_created, fast.metric_points, fast.artifacts) == (
+        slow.runs_created,
+        slow.metric_points,
+        slow.artifacts,
+    )
+    assert fast.runs_created > 0
+    expected, got = _dump(first), _dump(second)
+    for table in expected:
+        assert got[table] == expected[table], table
+    assert got["inputs"] and got["input_tags"], "the workload should have dataset inputs"
+    if kw.get("import_source_tags"):
+        assert any(row[0] == 0 for row in got["experiment_tags"]), "Default should get tags"
+
+
+@pytest.fixture
+def archive(tmp_path: Path, new_sqlite: NewStore) -> Path:
+    src = new_sqlite("src")
+    seed_rich(src, "sq", tmp_path / "art")
+    seed_bulk(src, "bulk", 3, 50, tmp_path / "art")
+    out = tmp_path / "a.exim"
+    pack(out, tracking_uri=src)
+    return out
+
+
+def test_sqlite_same_rows_as_mlflow(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _both_ways(archive, f"sqlite:///{tmp_path}/one.db", f"sqlite:///{tmp_path}/two.db", monkeypatch)
+
+
+def test_sqlite_served_artifacts_same_rows(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --artifacts-destination (mlflow-artifacts:/ locations, files under the folder) and
+    lineage tags (the Default experiment, already there, gets tags set)."""
+    dest = tmp_path / "served"
+    _both_ways(
+        archive,
+        f"sqlite:///{tmp_path}/one.db",
+        f"sqlite:///{tmp_path}/two.db",
+        monkeypatch,
+        artifacts_destination=str(dest),
+        import_source_tags=True,
+    )
+    assert any(f.is_file() for f in dest.rglob("*")), "no file was written under the folder"
+
+
+@contextmanager
+def _sibling(uri: str) -> Iterator[str]:
+    """Another fresh database on the same server as ``uri`` (dropped afterwards)."""
+    engine = sa.create_engine(uri.rsplit("/", 1)[0] + ("/test" if "postgresql" in uri else "/"))
+    name = f"exim_{uuid.uuid4().hex[:10]}"
+    extra = " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" if "mysql" in uri else ""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}{extra}")
+    try:
+        yield uri.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        force = " WITH (FORCE)" if "postgresql" in uri else ""
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+        engine.dispose()
+
+
+@pytest.mark.database
+def test_postgres_same_rows_as_mlflow(
+    archive: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _sibling(postgres_uri) as second:
+        _both_ways(archive, postgres_uri, second, monkeypatch)
+
+
+@pytest.mark.database
+def test_postgres_psycopg2_same_rows_as_mlflow(
+    archive: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = postgres_uri.replace("postgresql:", "postgresql+psycopg2:")
+    with _sibling(first) as second:
+        _both_ways(archive, first, second, monkeypatch)
+
+
+@pytest.mark.database
+def test_mariadb_same_rows_as_mlflow(
+    archive: Path, mysql_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _sibling(mysql_uri) as second:
+        _both_ways(archive, mysql_uri, second, monkeypatch)
+
+
+def test_unpack_into_a_migrated_store_imports_no_mlflow(
+    archive: Path, tmp_path: Path, new_sqlite: NewStore
+) -> None:
+    """The point of the SQL target: no MLflow import (seconds) for a plain unpack. The rich
+    workload deletes a run and an experiment, which go through MLflow: a bulk one does not."""
+    src = new_sqlite("plain")
+    seed_bulk(src, "bulk", 2, 20, tmp_path / "art2")
+    plain = tmp_path / "plain.exim"
+    pack(plain, tracking_uri=src)
+    target = new_sqlite("target")
+    code = (
+        "import sys; from exim_archive import unpack; "
+        f"r = unpack({str(plain)!r}, tracking_uri={target!r}); "
+        "assert r.runs_created == 2 and r.runs_checked == 2, r; "
+        "assert 'mlflow' not in sys.modules, 'mlflow was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    # and a second unpack of the same archive finds everything there, still without MLflow
+    code = code.replace("r.runs_created == 2", "r.runs_already_complete == 2")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_where_the_sql_target_does_not_apply(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    assert open_sql_target(f"sqlite:///{tmp_path}/empty.db", proxied=False) is None  # no schema
+    assert open_sql_target("http://127.0.0.1:1", proxied=False) is None
+    assert open_sql_target("oracle://x@y/z", proxied=False) is None
+    uri = new_sqlite("t")
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
+    assert open_sql_target(uri, proxied=False) is None
+    monkeypatch.delenv("MLFLOW_ENABLE_WORKSPACES")
+    monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
+    assert open_sql_target(uri, proxied=False) is None
+    monkeypatch.delenv("EXIM_NO_SQL_FAST_PATH")
+    found = open_sql_target(uri, proxied=False)
+    assert found is not None
+    found.close()
+    path = uri.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:  # MLflow never finished setting it up
+        conn.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    assert open_sql_target(uri, proxied=False) is None
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO experiments (experiment_id, name, lifecycle_stage, workspace) "
+            "VALUES (0, 'Default', 'active', 'default')"
+        )
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    assert open_sql_target(uri, proxied=False) is None
+
+
+def test_experiment_name_taken_is_refused_as_mlflow_does(new_sqlite: NewStore) -> None:
+    from mlflow.exceptions import MlflowException
+
+    target = open_sql_target(new_sqlite("t"), proxied=False)
+    assert target is not None
+    try:
+        first = target.create_experiment("x", {"a": "1"})
+        assert target.experiment_by_name("x") == (first, "active")
+        with pytest.raises(MlflowException, match="already exists") as caught:
+            target.create_experiment("x", {})
+        assert caught.value.error_code == "RESOURCE_ALREADY_EXISTS"
+        assert target.experiment_by_name("y") is None
+    finally:
+        target.close()
+
+
+def test_lock_model_rows(new_sqlite: NewStore) -> None:
+    target = open_sql_target(new_sqlite("t"), proxied=False)
+    assert target is not None
+    try:
+        assert target.model_tags("lock") is None
+        assert target.create_model("lock", {"owner": "me", "heartbeat": "1"}, "held")
+        assert not target.create_model("lock", {"owner": "you"}, "held")
+        target.set_model_tag("lock", "heartbeat", "2")
+        assert target.model_tags("lock") == {"owner": "me", "heartbeat": "2"}
+        target.delete_model("lock")
+        assert target.model_tags("lock") is None
+        target.delete_model("lock")  # nothing there: nothing to do
+    finally:
+        target.close()
+
+
+_NAMES = [
+    "loss",
+    "a/b c-d_e.f:g",
+    "",
+    ".",
+    "..",
+    "../x",
+    "/abs",
+    "a//b",
+    "a/./b",
+    "a/",
+    "ünïcødé",
+    "naïve loss/ü 1:2",
+    "a\n",
+    "tab\there",
+    "x$",
+    "日本",
+    "a..b",
+    "..a",
+]
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_metric_name_rule_is_mlflows(name: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_metric_name
+
+    try:
+        _validate_metric_name(name)
+        accepted = True
+    except MlflowException:
+        accepted = False
+    assert valid_metric_name(name) == accepted
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "/tmp/mlruns/3",
+        "/tmp/x/",
+        "file:///a/b",
+        "file:///a/b/",
+        "mlflow-artifacts:/3",
+        "mlflow-artifacts:/",
+        "s3://b/p",
+        "s3://b/p/?x=1",
+        "file:/a/b",
+        "dbfs:/x",
+        "file://host/a",
+        "/a b/c%20d",
+        "/a;b",
+    ],
+)
+def test_artifact_path_join_is_mlflows(location: str) -> None:
+    from mlflow.utils.uri import append_to_uri_path
+
+    assert append_path(location, "r1", "artifacts") == append_to_uri_path(
+        location, "r1", "artifacts"
+    )
+    assert append_path(location, "7") == append_to_uri_path(location, "7")
+
+
+def test_metric_name_rule_has_mlflows_pattern() -> None:
+    """The pattern is MLflow 3.17's (POSIX); a change there should fail here, not in a user's
+    unpack."""
+    import inspect
+
+    from mlflow.utils import validation
+
+    source = inspect.getsource(validation.validate_param_and_metric_name)
+    assert re.search(r'r"\^\[/\\w\.\\- :\]\*\$"', source), source
