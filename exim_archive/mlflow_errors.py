@@ -31,6 +31,7 @@ __all__ = [
     "is_transient",
     "mlflow_error",
     "open_client",
+    "refuse_unless_active",
     "scrub",
     "skip_absent_databricks_probes",
 ]
@@ -121,6 +122,20 @@ def mlflow_error(message: str, code: str) -> Exception:
     from mlflow.protos import databricks_pb2
 
     return MlflowException(message, error_code=getattr(databricks_pb2, code))
+
+
+def refuse_unless_active(kind: str, ident: object, stage: str | None) -> None:
+    """MLflow's refusal of a write to an experiment or run (``kind``) that is missing (``stage``
+    None) or not active, in its words."""
+    if stage is None:
+        if kind == "experiment":
+            raise mlflow_error(f"No Experiment with id={ident} exists", "RESOURCE_DOES_NOT_EXIST")
+        raise mlflow_error(f"Run with id={ident} not found", "RESOURCE_DOES_NOT_EXIST")
+    if stage != "active":
+        raise mlflow_error(
+            f"The {kind} {ident} must be in the 'active' state. Current state is {stage}.",
+            "INVALID_PARAMETER_VALUE",
+        )
 
 
 def is_transient(exc: BaseException) -> bool:

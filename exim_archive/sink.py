@@ -634,8 +634,11 @@ class MlflowSink:
             return {path: local.stat().st_size for path, local in files_under(folder)}
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        repo = get_artifact_repository(where, tracking_uri=self.uri) if http else None
-        repo = repo or get_artifact_repository(where)
+        repo = (
+            get_artifact_repository(where, tracking_uri=self.uri)
+            if http
+            else get_artifact_repository(where)
+        )
         return self._files(run_id, None, repo.list_artifacts)
 
     def _files(

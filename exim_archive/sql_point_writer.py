@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from . import tables as T
-from .mlflow_errors import mlflow_error
+from .mlflow_errors import refuse_unless_active
 from .sql_tables import LATEST_METRICS, RUNS
 from .sql_text import METRICS_COLUMNS, marks, quoted
 
@@ -198,13 +198,7 @@ class PointWriter:
         stage = conn.execute(
             sa.select(r.lifecycle_stage).where(r.run_uuid == run_id)
         ).scalar_one_or_none()
-        if stage is None:
-            raise mlflow_error(f"Run with id={run_id} not found", "RESOURCE_DOES_NOT_EXIST")
-        if stage != "active":
-            raise mlflow_error(
-                f"The run {run_id} must be in the 'active' state. Current state is {stage}.",
-                "INVALID_PARAMETER_VALUE",
-            )
+        refuse_unless_active("run", run_id, stage)
 
     def _insert_skipping_existing(self) -> str:
         """INSERT of one point that leaves a row already there alone; executed many times by

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .mlflow_errors import mlflow_error
+from .mlflow_errors import mlflow_error, refuse_unless_active
 from .sql_tables import EXPERIMENTS, PARAMS, RUNS, TAGS
 
 if TYPE_CHECKING:
@@ -112,14 +112,11 @@ class NewRuns:
             found = conn.execute(
                 sa.select(e.artifact_location, e.lifecycle_stage).where(e.experiment_id == exp)
             ).one_or_none()
-            if found is None or found.lifecycle_stage not in ("active", "deleted"):
-                raise mlflow_error(f"No Experiment with id={exp} exists", "RESOURCE_DOES_NOT_EXIST")
-            if found.lifecycle_stage != "active":
-                raise mlflow_error(
-                    f"The experiment {exp} must be in the 'active' state. "
-                    f"Current state is {found.lifecycle_stage}.",
-                    "INVALID_PARAMETER_VALUE",
-                )
+            stage = None if found is None else found.lifecycle_stage
+            refuse_unless_active(
+                "experiment", exp, stage if stage in ("active", "deleted") else None
+            )
+            assert found is not None
             artifact_uri = append_path(found.artifact_location, run_id, "artifacts")
             conn.execute(
                 sa.insert(self.runs).values(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifact_roots import PROXIED
-from .mlflow_errors import mlflow_error
+from .mlflow_errors import mlflow_error, refuse_unless_active
 from .records import DatasetInputRecord
 from .sql_metrics import SqlMetrics, disabled, untested
 from .sql_run_writer import append_path
@@ -206,14 +206,7 @@ class SqlTarget:
             stage = conn.execute(
                 sa.select(e.lifecycle_stage).where(e.experiment_id == exp)
             ).scalar_one_or_none()
-            if stage is None:
-                raise mlflow_error(f"No Experiment with id={exp} exists", "RESOURCE_DOES_NOT_EXIST")
-            if stage != "active":
-                raise mlflow_error(
-                    f"The experiment {exp} must be in the 'active' state. "
-                    f"Current state is {stage}.",
-                    "INVALID_PARAMETER_VALUE",
-                )
+            refuse_unless_active("experiment", exp, stage)
             for key, value in sorted(tags.items()):
                 where = sa.and_(t.experiment_id == exp, t.key == key)
                 if not conn.execute(
@@ -271,13 +264,8 @@ class SqlTarget:
             found = conn.execute(
                 sa.select(r.experiment_id, r.lifecycle_stage).where(r.run_uuid == run_id)
             ).one_or_none()
-            if found is None:
-                raise mlflow_error(f"Run with id={run_id} not found", "RESOURCE_DOES_NOT_EXIST")
-            if found[1] != "active":
-                raise mlflow_error(
-                    f"The run {run_id} must be in the 'active' state. Current state is {found[1]}.",
-                    "INVALID_PARAMETER_VALUE",
-                )
+            refuse_unless_active("run", run_id, None if found is None else found[1])
+            assert found is not None
             experiment_id = found[0]
             datasets = {
                 (str(name), str(digest)): str(dataset_uuid)
