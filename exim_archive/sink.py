@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -29,8 +29,10 @@ from .mlflow_errors import Caller, open_client
 from .records import ArtifactRecord, DatasetInputRecord, RunRecord
 from .sql_metrics import Decided, LazyFastPath
 from .sql_run_writer import RunEnd
-from .sql_target import SqlTarget, open_sql_target
 from .uri import redact_uri, uri_kind
+
+if TYPE_CHECKING:
+    from .sql_target import SqlTarget
 
 __all__ = ["ExistingRun", "Fitted", "MlflowSink", "TargetExperiment", "fit_tags", "open_sink"]
 
@@ -657,6 +659,8 @@ class MlflowSink:
 def open_sink(tracking_uri: str, artifact_roots: ArtifactRoots) -> MlflowSink:
     """The sink for ``tracking_uri``: on a database that :mod:`.sql_target` applies to, one that
     writes it with plain SQL and opens MLflow only for what that module leaves to it."""
+    from .sql_target import open_sql_target  # SQLAlchemy loads only for a database URI
+
     direct = open_sql_target(tracking_uri, proxied=bool(artifact_roots.destination))
     return MlflowSink(tracking_uri, artifact_roots, direct)
 

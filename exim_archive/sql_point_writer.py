@@ -33,7 +33,6 @@ import pyarrow.csv as pcsv
 
 from . import tables as T
 from .mlflow_errors import refuse_unless_active
-from .sql_tables import LATEST_METRICS, RUNS
 from .sql_text import METRICS_COLUMNS, marks, quoted
 
 if TYPE_CHECKING:
@@ -78,6 +77,8 @@ class PointWriter:
     SQLAlchemy engine."""
 
     def __init__(self, engine: sa.Engine) -> None:
+        from .sql_tables import LATEST_METRICS, RUNS  # SQLAlchemy, only where points are written
+
         self.engine = engine
         self.dialect = engine.dialect.name
         self.driver = engine.dialect.driver

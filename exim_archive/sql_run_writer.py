@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .mlflow_errors import mlflow_error, refuse_unless_active
-from .sql_tables import EXPERIMENTS, PARAMS, RUNS, TAGS
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -75,6 +74,8 @@ class NewRuns:
     """Starts and ends new runs of one database through the store's SQLAlchemy engine."""
 
     def __init__(self, engine: sa.Engine) -> None:
+        from .sql_tables import EXPERIMENTS, PARAMS, RUNS, TAGS  # SQLAlchemy, only on a write
+
         self.engine = engine
         self.experiments = EXPERIMENTS
         self.runs = RUNS

@@ -82,7 +82,8 @@ def test_plain_store_packs_without_importing_mlflow(tmp_path: Path, new_sqlite: 
         "import sys; from exim_archive import pack; "
         f"r = pack({str(tmp_path / 'a.exim')!r}, tracking_uri={src!r}); "
         "assert r.counts['runs'] == 2 and r.counts['artifacts'] == 2, r.counts; "
-        "assert 'mlflow' not in sys.modules, 'mlflow was imported'"
+        "assert 'mlflow' not in sys.modules, 'mlflow was imported'; "
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
