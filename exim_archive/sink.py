@@ -28,7 +28,7 @@ from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, STATE_TAG
 from .mlflow_errors import Caller, open_client
 from .records import ArtifactRecord, DatasetInputRecord, RunRecord
 from .sql_metrics import Decided, LazyFastPath
-from .sql_run_writer import RunEnd
+from .sql_run_writer import RunEnd, RunStart
 from .uri import redact_uri, uri_kind
 
 if TYPE_CHECKING:
@@ -103,6 +103,17 @@ class _Held:
     tags: dict[str, str]
     points: pa.Table | None
     """Its last piece of metric points (the earlier ones are written as they come)."""
+
+
+def _run_start(run: RunRecord, tags: Mapping[str, str]) -> RunStart:
+    """How a new run for ``run`` starts: MLflow's defaults for a missing user (``unknown``) and
+    start time (now); tags in key order."""
+    return RunStart(
+        run.user_id if run.user_id is not None else "unknown",
+        run.start_time if run.start_time is not None else int(time.time() * 1000),
+        dict(sorted(tags.items())),
+        run.run_name,
+    )
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -317,25 +328,57 @@ class MlflowSink:
         found, _ = self.existing_runs(experiment_id, source_run_id)
         return found.get(source_run_id)
 
+    def create_runs(
+        self, experiment_id: str, batch: Sequence[tuple[RunRecord, Mapping[str, str]]]
+    ) -> list[str]:
+        """New runs for the source runs of ``batch``, each with its tags, in the experiment: on a
+        database with direct SQL all in one transaction, elsewhere one ``create_run`` each.
+        Returns their ids, in order."""
+        fast = self._sql_metrics.get()
+        if fast is None or len(batch) < 2:
+            return [self.create_run(experiment_id, run, tags) for run, tags in batch]
+        starts = [_run_start(run, tags) for run, tags in batch]
+
+        def create() -> list[str]:
+            made = fast.runs.create_many(experiment_id, starts)
+            self._artifact_uris.update(made)
+            return [run_id for run_id, _ in made]
+
+        def landed() -> list[str] | None:
+            # all or none landed (one transaction), unless another unpack wrote in between
+            found, _ = self.existing_runs(experiment_id)
+            ids = [found[run.run_id].run_id for run, _ in batch if run.run_id in found]
+            if not ids:
+                return None
+            if len(ids) < len(batch):
+                raise TargetError(
+                    f"{len(ids)} of {len(batch)} runs being created in experiment "
+                    f"{experiment_id} appeared while unpack retried: another writer?",
+                    where=self.safe_uri,
+                    hint="run the same unpack again: it resumes where it stopped",
+                )
+            return ids
+
+        first, last = batch[0][0].run_id, batch[-1][0].run_id
+        what = f"creating runs for source runs {first} .. {last} ({len(batch)})"
+        return self.call(what, create, before_retry=landed)
+
     def create_run(self, experiment_id: str, run: RunRecord, tags: Mapping[str, str]) -> str:
-        start = run.start_time if run.start_time is not None else int(time.time() * 1000)
-        user = run.user_id if run.user_id is not None else "unknown"
+        start = _run_start(run, tags)
         fast = self._sql_metrics.get()
 
         def create() -> str:
             if fast is not None:  # MLflow's create_run in one transaction (sql_run_writer)
-                run_id, artifact_uri = fast.runs.create(
-                    experiment_id, user, start, dict(sorted(tags.items())), run.run_name
-                )
+                run_id, artifact_uri = fast.runs.create_many(experiment_id, [start])[0]
                 self._artifact_uris[run_id] = artifact_uri
                 return run_id
             from mlflow.entities import RunTag
 
             created = self._store.create_run(
                 experiment_id=experiment_id,
-                user_id=user,
-                start_time=start,
-                tags=[RunTag(k, v) for k, v in sorted(tags.items())],
+                user_id=start.user_id,
+                start_time=start.start_time,
+                tags=[RunTag(k, v) for k, v in start.tags.items()],
                 run_name=run.run_name,
             )
             self._artifact_uris[str(created.info.run_id)] = created.info.artifact_uri

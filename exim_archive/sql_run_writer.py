@@ -30,7 +30,7 @@ from .mlflow_errors import mlflow_error, refuse_unless_active
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["NewRuns", "RunEnd", "append_path"]
+__all__ = ["NewRuns", "RunEnd", "RunStart", "append_path"]
 
 RUN_NAME_TAG = "mlflow.runName"
 _PLAIN_PREFIXES = ("/", "file:///", "mlflow-artifacts:/")
@@ -56,6 +56,17 @@ def _random_name() -> str:
 
     name: str = _generate_random_name()
     return name
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a new run starts with: its user, start time, tags (``mlflow.runName`` added from
+    ``run_name`` where missing) and name."""
+
+    user_id: str
+    start_time: int
+    tags: Mapping[str, str]
+    run_name: str | None
 
 
 @dataclass(frozen=True)
@@ -93,55 +104,66 @@ class NewRuns:
         """A new ``RUNNING`` run holding ``tags``, as MLflow's ``create_run`` makes it (see the
         module docstring); returns ``(run_id, artifact_uri)``. Raises what MLflow raises for a
         missing or deleted experiment, and for a run name its ``mlflow.runName`` tag contradicts."""
+        start = RunStart(user_id, start_time, tags, run_name)
+        return self.create_many(experiment_id, [start])[0]
+
+    def create_many(self, experiment_id: str, starts: Sequence[RunStart]) -> list[tuple[str, str]]:
+        """:meth:`create` for each of ``starts``, all in one transaction (one commit, where a
+        small run's unpack into SQLite spent ~1.3 ms on each): all are made or none."""
         import uuid
 
         import sqlalchemy as sa
 
-        named = tags.get(RUN_NAME_TAG)
-        if run_name and named and run_name != named:
-            raise mlflow_error(
-                "Both 'run_name' argument and 'mlflow.runName' tag are specified, but with "
-                f"different values (run_name='{run_name}', mlflow.runName='{named}').",
-                "INVALID_PARAMETER_VALUE",
+        runs: list[dict[str, object]] = []
+        tags: list[dict[str, object]] = []
+        for start in starts:
+            named = start.tags.get(RUN_NAME_TAG)
+            if start.run_name and named and start.run_name != named:
+                raise mlflow_error(
+                    "Both 'run_name' argument and 'mlflow.runName' tag are specified, but with "
+                    f"different values (run_name='{start.run_name}', mlflow.runName='{named}').",
+                    "INVALID_PARAMETER_VALUE",
+                )
+            name = start.run_name or named or _random_name()
+            run_id = uuid.uuid4().hex
+            runs.append(
+                {
+                    "run_uuid": run_id,
+                    "name": name,
+                    "source_type": "UNKNOWN",
+                    "source_name": "",
+                    "entry_point_name": "",
+                    "user_id": start.user_id,
+                    "status": "RUNNING",
+                    "start_time": start.start_time,
+                    "end_time": None,
+                    "deleted_time": None,
+                    "source_version": "",
+                    "lifecycle_stage": "active",
+                }
             )
-        name = run_name or named or _random_name()
-        all_tags = dict(tags) if named else {**tags, RUN_NAME_TAG: name}
+            all_tags = dict(start.tags) if named else {**start.tags, RUN_NAME_TAG: name}
+            tags += [{"key": k, "value": v, "run_uuid": run_id} for k, v in all_tags.items()]
         e = self.experiments.c
         exp = int(experiment_id)
-        run_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
             found = conn.execute(
                 sa.select(e.artifact_location, e.lifecycle_stage).where(e.experiment_id == exp)
             ).one_or_none()
             stage = None if found is None else found.lifecycle_stage
-            refuse_unless_active(
-                "experiment", exp, stage if stage in ("active", "deleted") else None
-            )
+            known = stage if stage in ("active", "deleted") else None  # else: as if missing
+            refuse_unless_active("experiment", exp, known)
             assert found is not None
-            artifact_uri = append_path(found.artifact_location, run_id, "artifacts")
-            conn.execute(
-                sa.insert(self.runs).values(
-                    run_uuid=run_id,
-                    name=name,
-                    source_type="UNKNOWN",
-                    source_name="",
-                    entry_point_name="",
-                    user_id=user_id,
-                    status="RUNNING",
-                    start_time=start_time,
-                    end_time=None,
-                    deleted_time=None,
-                    source_version="",
-                    lifecycle_stage="active",
-                    artifact_uri=artifact_uri,
-                    experiment_id=exp,
+            for row in runs:
+                row["artifact_uri"] = append_path(
+                    found.artifact_location, str(row["run_uuid"]), "artifacts"
                 )
-            )
-            conn.execute(
-                sa.insert(self.tags),
-                [{"key": k, "value": v, "run_uuid": run_id} for k, v in all_tags.items()],
-            )
-        return run_id, artifact_uri
+                row["experiment_id"] = exp
+            if runs:
+                conn.execute(sa.insert(self.runs), runs)
+            if tags:
+                conn.execute(sa.insert(self.tags), tags)
+        return [(str(row["run_uuid"]), str(row["artifact_uri"])) for row in runs]
 
     def finish(self, run_id: str, end: RunEnd) -> None:
         """Write ``end`` (see :class:`RunEnd`): all or nothing.

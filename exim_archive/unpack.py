@@ -51,9 +51,23 @@ from .verify import verify
 
 __all__ = ["UnpackReport", "unpack"]
 
+CREATE_BATCH = 100
+"""New runs of one experiment created together (one transaction on a database with direct
+SQL; one call each elsewhere)."""
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 METRIC_SLICE = 50_000
+
+
+def _batches(runs: list[RunRecord], size: int) -> list[list[RunRecord]]:
+    """``runs`` in order, cut where the experiment changes and every ``size`` runs."""
+    out: list[list[RunRecord]] = []
+    for run in runs:
+        if out and len(out[-1]) < size and out[-1][-1].experiment_id == run.experiment_id:
+            out[-1].append(run)
+        else:
+            out.append([run])
+    return out
 
 
 @dataclass
@@ -353,14 +367,18 @@ class _Unpacker:
                 "to its source): those runs are left as they are and stand for them"
             )
 
-        def create(run: RunRecord) -> tuple[str, str]:
-            target = by_source[run.experiment_id]
-            return run.run_id, self.sink.create_run(target.experiment_id, run, self.run_tags(run))
+        def create(batch: list[RunRecord]) -> list[tuple[str, str]]:
+            target = by_source[batch[0].experiment_id]
+            made = self.sink.create_runs(
+                target.experiment_id, [(run, self.run_tags(run)) for run in batch]
+            )
+            return [(run.run_id, new_id) for run, new_id in zip(batch, made, strict=True)]
 
         writers = 1 if self.sink.one_writer else self.workers
-        for source_id, new_id in ordered_map(create, to_create, writers):
-            self.run_ids[source_id] = new_id
-            self.report.runs_created += 1
+        for pairs in ordered_map(create, _batches(to_create, CREATE_BATCH), writers):
+            for source_id, new_id in pairs:
+                self.run_ids[source_id] = new_id
+                self.report.runs_created += 1
         bar = Progress("unpack", len(todo), enabled=self.progress)
         for points in ordered_map(self.fill, self._with_metrics(todo, existing), writers):
             self.report.metric_points += points

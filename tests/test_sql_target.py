@@ -380,3 +380,36 @@ def test_metric_name_rule_has_mlflows_pattern() -> None:
 
     source = inspect.getsource(validation.validate_param_and_metric_name)
     assert re.search(r'r"\^\[/\\w\.\\- :\]\*\$"', source), source
+
+
+def test_runs_created_together_are_not_made_twice_after_a_lost_reply(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New runs of an experiment go in one transaction; when it commits but its reply is lost,
+    the retry finds them all (and would refuse a partial set) instead of creating them again."""
+    from exim_archive.sql_run_writer import NewRuns
+
+    src = new_sqlite("src")
+    seed_bulk(src, "bulk", 5, 10, tmp_path / "art")
+    archive = tmp_path / "a.exim"
+    pack(archive, tracking_uri=src)
+    real = NewRuns.create_many
+    calls: list[int] = []
+
+    def committed_then_lost(self: NewRuns, experiment_id: str, starts: Any) -> Any:
+        made = real(self, experiment_id, starts)
+        calls.append(len(starts))
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        return made
+
+    monkeypatch.setattr(NewRuns, "create_many", committed_then_lost)
+    monkeypatch.setenv("EXIM_RETRY_BACKOFF", "0")
+    target = new_sqlite("target")
+    report = unpack(archive, tracking_uri=target)
+    assert calls[0] == 5, "the five runs of the experiment should be created together"
+    assert report.runs_created == 5 and report.retries == 1 and report.runs_checked == 5
+    engine = sa.create_engine(target)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM runs")).scalar_one() == 5
+    engine.dispose()
