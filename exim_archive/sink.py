@@ -157,8 +157,8 @@ class MlflowSink:
         self._client_lock = threading.Lock()
         self.notes: list[str] = []
         """Things worth telling about how this target was written (e.g. no direct SQL)."""
-        # Metric points go through direct SQL on a database at a tested schema revision,
-        # decided on the first log_metrics call (see sql_metrics).
+        # Metric points go through direct SQL on a database at a tested schema revision: known
+        # from the start with ``direct``, else decided on first use (see sql_metrics).
         self._sql_metrics: LazyFastPath | Decided
         if direct is not None:
             self._sql_metrics = Decided(direct.metrics)
