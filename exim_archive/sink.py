@@ -72,6 +72,8 @@ def fit_tags(tags: Mapping[str, str], value_limit: int, what: str) -> Fitted:
     return Fitted(out, notes)
 
 
+CREATE_BATCH = 100
+"""New runs of one experiment created in one transaction on a database with direct SQL."""
 _RUN_STATUSES = frozenset({"RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"})
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 _PAGE = 50_000
@@ -450,6 +452,13 @@ class MlflowSink:
                 self.log_metrics(run_id, piece)
         if rider is not None:  # no points to ride with
             self.log_params_and_tags(run_id, params, tags)
+
+    @property
+    def runs_created_together(self) -> int:
+        """How many new runs of one experiment :meth:`create_runs` best takes at once: a batch
+        (one transaction) with direct SQL, one elsewhere, where each is a call of its own and
+        several go at once on the unpack's writers."""
+        return CREATE_BATCH if self._sql_metrics.get() is not None else 1
 
     @property
     def one_writer(self) -> bool:

@@ -51,9 +51,6 @@ from .verify import verify
 
 __all__ = ["UnpackReport", "unpack"]
 
-CREATE_BATCH = 100
-"""New runs of one experiment created together (one transaction on a database with direct
-SQL; one call each elsewhere)."""
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 METRIC_SLICE = 50_000
@@ -375,7 +372,8 @@ class _Unpacker:
             return [(run.run_id, new_id) for run, new_id in zip(batch, made, strict=True)]
 
         writers = 1 if self.sink.one_writer else self.workers
-        for pairs in ordered_map(create, _batches(to_create, CREATE_BATCH), writers):
+        batches = _batches(to_create, self.sink.runs_created_together)
+        for pairs in ordered_map(create, batches, writers):
             for source_id, new_id in pairs:
                 self.run_ids[source_id] = new_id
                 self.report.runs_created += 1

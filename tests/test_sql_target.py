@@ -413,3 +413,20 @@ def test_runs_created_together_are_not_made_twice_after_a_lost_reply(
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM runs")).scalar_one() == 5
     engine.dispose()
+
+
+def test_runs_are_created_together_only_with_direct_sql(
+    new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Elsewhere each run is a call of its own, and several go at once on the unpack's writers
+    (a batch there would create them one after another)."""
+    from exim_archive.artifact_roots import ArtifactRoots
+    from exim_archive.sink import CREATE_BATCH, open_sink
+
+    uri = new_sqlite("t")
+    direct = open_sink(uri, ArtifactRoots())
+    assert direct.runs_created_together == CREATE_BATCH > 1
+    direct.close()
+    monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
+    through_mlflow = open_sink(uri, ArtifactRoots())
+    assert through_mlflow.direct is None and through_mlflow.runs_created_together == 1
