@@ -328,7 +328,7 @@ class SqlTarget:
             if tags:
                 conn.execute(sa.insert(INPUT_TAGS), tags)
 
-    # -- the unpack lock (a registered model; see target_lock) -----------------------------------
+    # -- the unpack lock's registered model (target_lock._Models) -------------------------------
 
     def model_tags(self, name: str) -> dict[str, str] | None:
         """The registered model's tags, None if there is no such model."""

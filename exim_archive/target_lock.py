@@ -16,9 +16,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from .errors import TargetError
 from .sink import MlflowSink
@@ -27,8 +28,63 @@ __all__ = ["LOCK_NAME", "TargetLock"]
 
 LOCK_NAME = "mlflow_exim.unpack-lock"
 STALE_AFTER = 120.0
-_DESCRIPTION = "held by exim-archive unpack while it writes; removed when done"
 HEARTBEAT = 20.0
+_DESCRIPTION = "held by exim-archive unpack while it writes; removed when done"
+
+
+class _Models(Protocol):
+    """The four registered-model calls the lock makes."""
+
+    def model_tags(self, name: str) -> dict[str, str] | None:
+        """The model's tags; None if there is no such model."""
+
+    def create_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
+        """Register ``name``; False if the name is taken."""
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None: ...
+
+    def delete_model(self, name: str) -> None:
+        """Remove the model; none there: nothing to do."""
+
+
+class _ClientModels:
+    """:class:`_Models` through MLflow's client (any tracking URI)."""
+
+    def __init__(self, sink: MlflowSink) -> None:
+        self.sink = sink
+
+    def model_tags(self, name: str) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.sink.client.get_registered_model(name).tags)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def create_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.sink.client.create_registered_model(name, tags=dict(tags), description=description)
+            return True
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            raise
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self.sink.client.set_registered_model_tag(name, key, value)
+
+    def delete_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.sink.client.delete_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
 
 
 class TargetLock:
@@ -42,22 +98,12 @@ class TargetLock:
         self.note: str | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self.models: _Models = sink.direct or _ClientModels(sink)
+        """Where the lock's registered model is kept: the database with plain SQL
+        (:class:`.sql_target.SqlTarget`) or MLflow's client."""
 
     def _tags(self) -> dict[str, str] | None:
-        direct = self.sink.direct
-        if direct is not None:
-            return self.sink.call("reading the unpack lock", partial(direct.model_tags, LOCK_NAME))
-        from mlflow.exceptions import MlflowException
-
-        def read() -> dict[str, str] | None:
-            try:
-                return dict(self.sink.client.get_registered_model(LOCK_NAME).tags)
-            except MlflowException as exc:
-                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    return None
-                raise
-
-        return self.sink.call("reading the unpack lock", read)
+        return self.sink.call("reading the unpack lock", partial(self.models.model_tags, LOCK_NAME))
 
     def _try_create(self) -> bool:
         tags = {
@@ -65,28 +111,13 @@ class TargetLock:
             "heartbeat": str(time.time()),
             **({"process": f"{_MACHINE}/{os.getpid()}"} if _MACHINE else {}),
         }
-        direct = self.sink.direct
-
-        def create() -> bool:
-            if direct is not None:
-                return direct.create_model(LOCK_NAME, tags, _DESCRIPTION)
-            from mlflow.exceptions import MlflowException
-
-            try:
-                self.sink.client.create_registered_model(
-                    LOCK_NAME, tags=tags, description=_DESCRIPTION
-                )
-                return True
-            except MlflowException as exc:
-                if exc.error_code == "RESOURCE_ALREADY_EXISTS":
-                    return False
-                raise
 
         def landed() -> bool | None:
             # a lost reply may hide a lock we did take: it carries our owner tag
-            tags = self._tags()
-            return True if tags is not None and tags.get("owner") == self.owner else None
+            found = self._tags()
+            return True if found is not None and found.get("owner") == self.owner else None
 
+        create = partial(self.models.create_model, LOCK_NAME, tags, _DESCRIPTION)
         return self.sink.call("taking the unpack lock", create, before_retry=landed)
 
     def acquire(self) -> None:
@@ -122,29 +153,12 @@ class TargetLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
             try:
-                beat = str(time.time())
-                if self.sink.direct is not None:
-                    self.sink.direct.set_model_tag(LOCK_NAME, "heartbeat", beat)
-                else:
-                    self.sink.client.set_registered_model_tag(LOCK_NAME, "heartbeat", beat)
+                self.models.set_model_tag(LOCK_NAME, "heartbeat", str(time.time()))
             except Exception:
                 continue
 
     def _delete(self) -> None:
-        direct = self.sink.direct
-        if direct is not None:
-            self.sink.call("removing the unpack lock", partial(direct.delete_model, LOCK_NAME))
-            return
-        from mlflow.exceptions import MlflowException
-
-        def delete() -> None:
-            try:
-                self.sink.client.delete_registered_model(LOCK_NAME)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-
-        self.sink.call("removing the unpack lock", delete)
+        self.sink.call("removing the unpack lock", partial(self.models.delete_model, LOCK_NAME))
 
     def release(self) -> None:
         self._stop.set()
