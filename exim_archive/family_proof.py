@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -58,7 +58,7 @@ _FINAL_STATUSES = ("READY", "FAILED")
 def check_families(
     report: ProofReport,
     reader: ArchiveReader,
-    client: Any,
+    client: Callable[[], Any],
     call: Caller,
     tracking_uri: str,
     experiment_map: Mapping[str, str],
@@ -66,12 +66,14 @@ def check_families(
     """Add to ``report`` what the target lacks of the archive's families.
 
     ``experiment_map`` maps the archive's experiment ids to the target's (the experiments found
-    by name); the families are looked for in those target experiments."""
+    by name); the families are looked for in those target experiments. ``client`` gives
+    MLflow's client for the target, asked for only when the archive holds a family (opening it
+    imports MLflow)."""
     rows = reader.family_rows()
     if not any(rows.values()):
         return
     scope = PackScope(
-        client=client,
+        client=client(),
         call=call,
         tracking_uri=tracking_uri,
         experiment_ids=list(dict.fromkeys(experiment_map.values())),

@@ -246,10 +246,10 @@ def check_against(
                 run_ids,
             )
             report.runs_checked += 1
-        if any(reader.family_rows().values()):  # MLflow's client reads them (opened here)
-            from .family_proof import check_families
+        from .family_proof import check_families  # the family modules load only when needed
 
-            check_families(report, reader, sink.client, sink.call, uri, experiment_map)
+        writer = sink  # the sink as a name the lambda keeps (its client opens only for families)
+        check_families(report, reader, lambda: writer.client, sink.call, uri, experiment_map)
     return report
 
 

@@ -208,7 +208,11 @@ def test_no_family_rows_makes_no_call() -> None:
         raise AssertionError(f"called: {what}")
 
     report = ProofReport("a.exim", "sqlite://")
-    check_families(report, _NoFamilies(), object(), call, "sqlite://", {"1": "2"})  # type: ignore[arg-type]
+
+    def client() -> Any:
+        raise AssertionError("opened MLflow's client")
+
+    check_families(report, _NoFamilies(), client, call, "sqlite://", {"1": "2"})  # type: ignore[arg-type]
     assert report.ok
 
 
@@ -272,7 +276,7 @@ def test_registry_rules_without_a_server(monkeypatch: pytest.MonkeyPatch) -> Non
     }
     monkeypatch.setattr(family_proof, "read_registry", lambda scope, model_ids: target)
     report = ProofReport("a.exim", "sqlite://")
-    check_families(report, _Rows(archive), object(), None, "sqlite://", {})  # type: ignore[arg-type]
+    check_families(report, _Rows(archive), object, None, "sqlite://", {})  # type: ignore[arg-type]
     assert report.problems == [
         "registered model 'gone': missing in the target",
         "registered model 'm' version 4: 2 copies in the target (versions 7, 8)",
