@@ -44,6 +44,7 @@ __all__ = ["DRIVERS", "SqlSource", "open_sql_source"]
 DRIVERS = {"sqlite": "sqlite3", "postgresql": "psycopg", "mysql": "pymysql"}
 """The driver read for each dialect: SQLAlchemy 2's defaults for ``sqlite:`` and
 ``postgresql:``, and ``mysql+pymysql:``. A URI naming another driver goes through MLflow."""
+_PACK_HINT = "check the database and the URI, then run pack again"
 _RUNS_PER_QUERY = 500
 _FAMILY_TABLES = ("logged_models", "registered_models", "trace_info", "evaluation_datasets")
 """Tables whose rows need MLflow's readers (:mod:`.registry`, :mod:`.traces`, ...)."""
@@ -125,7 +126,7 @@ def open_sql_source(
     uri: str,
     artifact_roots: ArtifactRoots,
     error: type[ArchiveError] = SourceError,
-    hint: str = "check the database and the URI, then run pack again",
+    hint: str = _PACK_HINT,
 ) -> SqlSource | None:
     """A :class:`SqlSource` for ``uri`` if this module applies to it (see the module's
     docstring), else None: the caller then reads through MLflow. ``error`` and ``hint``: how
@@ -174,7 +175,7 @@ class SqlSource:
         db: _Database,
         artifact_roots: ArtifactRoots,
         error: type[ArchiveError] = SourceError,
-        hint: str = "check the database and the URI, then run pack again",
+        hint: str = _PACK_HINT,
     ) -> None:
         self.uri = uri
         self.safe_uri = redact_uri(uri)
