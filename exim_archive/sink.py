@@ -334,11 +334,11 @@ class MlflowSink:
         self, experiment_id: str, batch: Sequence[tuple[RunRecord, Mapping[str, str]]]
     ) -> list[str]:
         """New runs for the source runs of ``batch``, each with its tags, in the experiment: on a
-        database with direct SQL all in one transaction, elsewhere one ``create_run`` each.
-        Returns their ids, in order."""
+        database with direct SQL all in one transaction, elsewhere one MLflow ``create_run``
+        each. Returns their ids, in order."""
         fast = self._sql_metrics.get()
-        if fast is None or len(batch) < 2:
-            return [self.create_run(experiment_id, run, tags) for run, tags in batch]
+        if fast is None:
+            return [self._create_run(experiment_id, run, tags) for run, tags in batch]
         starts = [_run_start(run, tags) for run, tags in batch]
 
         def create() -> list[str]:
@@ -347,8 +347,10 @@ class MlflowSink:
             return [run_id for run_id, _ in made]
 
         def landed() -> list[str] | None:
-            # all or none landed (one transaction), unless another unpack wrote in between
-            found, _ = self.existing_runs(experiment_id)
+            # not idempotent: a reply lost on the way back may hide runs made; all or none
+            # landed (one transaction), unless another unpack wrote in between
+            only = batch[0][0].run_id if len(batch) == 1 else None
+            found, _ = self.existing_runs(experiment_id, only)
             ids = [found[run.run_id].run_id for run, _ in batch if run.run_id in found]
             if not ids:
                 return None
@@ -362,20 +364,20 @@ class MlflowSink:
             return ids
 
         first, last = batch[0][0].run_id, batch[-1][0].run_id
-        what = f"creating runs for source runs {first} .. {last} ({len(batch)})"
+        what = (
+            f"creating run for source run {first}"
+            if len(batch) == 1
+            else f"creating runs for source runs {first} .. {last} ({len(batch)})"
+        )
         return self.call(what, create, before_retry=landed)
 
-    def create_run(self, experiment_id: str, run: RunRecord, tags: Mapping[str, str]) -> str:
+    def _create_run(self, experiment_id: str, run: RunRecord, tags: Mapping[str, str]) -> str:
+        """One new run through MLflow's store (a tracking server, or no direct SQL)."""
+        from mlflow.entities import RunTag
+
         start = _run_start(run, tags)
-        fast = self._sql_metrics.get()
 
         def create() -> str:
-            if fast is not None:  # MLflow's create_run in one transaction (sql_run_writer)
-                run_id, artifact_uri = fast.runs.create_many(experiment_id, [start])[0]
-                self._artifact_uris[run_id] = artifact_uri
-                return run_id
-            from mlflow.entities import RunTag
-
             created = self._store.create_run(
                 experiment_id=experiment_id,
                 user_id=start.user_id,
