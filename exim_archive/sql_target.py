@@ -86,24 +86,27 @@ def open_sql_target(uri: str, proxied: bool) -> SqlTarget | None:
         engine = sa.create_engine(uri, pool_pre_ping=True)
     except Exception:  # unknown dialect, driver not installed, malformed URI
         return None
-    e = EXPERIMENTS.c
     try:
-        if untested(engine) is not None:
-            engine.dispose()
-            return None
-        with engine.connect() as conn:
-            workspaces = {str(r[0]) for r in conn.execute(sa.select(e.workspace).distinct())}
-            default = conn.execute(
-                sa.select(e.experiment_id).where(e.experiment_id == 0)
-            ).one_or_none()
-    except Exception:
-        engine.dispose()
-        return None
-    if workspaces - {WORKSPACE} or default is None:
+        usable = untested(engine) is None and _set_up(engine)
+    except Exception:  # MLflow's path reports what is wrong with the database
+        usable = False
+    if not usable:
         engine.dispose()
         return None
     root = f"{PROXIED}/" if proxied else (Path.cwd() / "mlruns").as_posix()
     return SqlTarget(engine, root)
+
+
+def _set_up(engine: sa.Engine) -> bool:
+    """Whether MLflow has set the database up as its store (its default experiment is there)
+    with every experiment in the default workspace."""
+    import sqlalchemy as sa
+
+    e = EXPERIMENTS.c
+    with engine.connect() as conn:
+        workspaces = {str(r[0]) for r in conn.execute(sa.select(e.workspace).distinct())}
+        default = conn.execute(sa.select(e.experiment_id).where(e.experiment_id == 0)).first()
+    return not workspaces - {WORKSPACE} and default is not None
 
 
 class TargetRun:
