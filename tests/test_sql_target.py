@@ -200,18 +200,11 @@ def _sibling(uri: str) -> Iterator[str]:
 
 
 @pytest.mark.database
+@pytest.mark.parametrize("driver", ["", "+psycopg2"])
 def test_postgres_same_rows_as_mlflow(
-    archive: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+    archive: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch, driver: str
 ) -> None:
-    with _sibling(postgres_uri) as second:
-        _both_ways(archive, postgres_uri, second, monkeypatch)
-
-
-@pytest.mark.database
-def test_postgres_psycopg2_same_rows_as_mlflow(
-    archive: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first = postgres_uri.replace("postgresql:", "postgresql+psycopg2:")
+    first = postgres_uri.replace("postgresql:", f"postgresql{driver}:")
     with _sibling(first) as second:
         _both_ways(archive, first, second, monkeypatch)
 
