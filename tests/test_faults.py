@@ -46,11 +46,16 @@ from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from exim_archive.verify import verify
 
 QUICK_RETRIES = {"EXIM_RETRY_ATTEMPTS": "2", "EXIM_RETRY_BACKOFF": "0.2"}
+PACED = Path(__file__).with_name("paced.py")
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _cli(
+    *args: str, env: dict[str, str] | None = None, pace: float | None = None
+) -> subprocess.Popen[str]:
+    """The command in a process; ``pace``: seconds the unpack pauses after each run (paced.py)."""
+    command = ["-m", "exim_archive"] if pace is None else [str(PACED), str(pace)]
     return subprocess.Popen(
-        [sys.executable, "-m", "exim_archive", *args],
+        [sys.executable, *command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,11 +108,11 @@ def test_target_killed_mid_unpack_then_restarted(
 ) -> None:
     runs = 12
     src = new_sqlite("src")
-    seed_bulk(src, "bulk", runs=runs, points=5000, artifact_root=tmp_path / "art")
+    seed_bulk(src, "bulk", runs=runs, points=2000, artifact_root=tmp_path / "art")
     archive = tmp_path / "a.exim"
     pack(archive, tracking_uri=src)
     target = fresh_server.url
-    proc = _cli("unpack", str(archive), "--tracking-uri", target)
+    proc = _cli("unpack", str(archive), "--tracking-uri", target, pace=0.2)
     deadline = time.monotonic() + 120
     created = pending = 0
     while time.monotonic() < deadline and proc.poll() is None:
