@@ -210,3 +210,36 @@ def test_inspect_json_and_text(
     assert main(["inspect", str(tmp_path / "a.exim")]) == 0
     text = capsys.readouterr().out
     assert names[0] in text and "metrics" in text and "(deleted)" in text
+
+
+def test_commands_load_no_pandas_and_pandas_still_works_after(
+    tmp_path: Path, new_sqlite: NewStore
+) -> None:
+    """pyarrow imports pandas at its first conversion (apache/arrow#34994); the CLI's process
+    spares it (cli._arrow_without_pandas). pack and unpack through SQL, verify and inspect run
+    in one process without pandas; Arrow's pandas conversions still work after them."""
+    from workload import seed_bulk
+
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    seed_bulk(src, "bulk", 2, 20, tmp_path / "art")
+    archive = str(tmp_path / "a.exim")
+    commands = [
+        ["pack", archive, "--tracking-uri", src],
+        ["verify", archive],
+        ["inspect", archive],
+        ["unpack", archive, "--tracking-uri", dst],
+    ]
+    code = (
+        "import sys; from exim_archive.cli import main\n"
+        f"for argv in {commands!r}:\n"
+        "    assert main(argv) == 0, argv\n"
+        "    assert 'pandas' not in sys.modules, f'pandas imported by {argv[0]}'\n"
+        "import pandas as pd, pyarrow as pa\n"
+        "df = pd.DataFrame({'c': pd.Categorical(['x', 'y', 'x'])})\n"
+        "assert pa.Table.from_pandas(df).schema.field('c').type.index_type == pa.int8()\n"
+        "assert pa.table({'a': [1, 2]}).to_pandas()['a'].tolist() == [1, 2]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
