@@ -96,6 +96,12 @@ class ArtifactRoots:
             return Path(uri)
         return None
 
+    def in_place(self, run: RunRecord) -> bool:
+        """Whether :meth:`run_files` reads the run's files where they are (a local folder, or
+        no artifact URI): then it only lists them, no download."""
+        resolved = self.resolve(run.artifact_uri) if run.artifact_uri else ""
+        return resolved is not None and (not resolved or self.local_folder(resolved) is not None)
+
     def run_files(self, source: Any, run: RunRecord, scratch: Path) -> list[tuple[str, Path]]:
         """(artifact path, local file) of every file of the run, sorted by path. A local
         folder is read where it is; other storage is downloaded into ``scratch`` through

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -115,6 +115,22 @@ def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
         points += size
     if chunk:
         yield chunk
+
+
+def _fetched(
+    fetch: Callable[[RunRecord], tuple[RunRecord, list[tuple[str, Path]]]],
+    chunk: list[RunRecord],
+    source: MlflowSource | SqlSource,
+    artifacts: bool,
+    workers: int,
+    ahead: int | None,
+) -> Iterator[tuple[RunRecord, list[tuple[str, Path]]]]:
+    """``fetch`` of each run in order: on the pool's threads where files are downloaded; in
+    this thread where they are only listed (read in place from a local folder, or none at
+    all), since listings on threads fought the writing thread for the GIL: 1,000 small runs
+    packed from SQLite in 1.31 s instead of 1.64 s, 40 runs in 0.79 s instead of 0.84 s."""
+    listed_only = not artifacts or (isinstance(source, SqlSource) and source.reads_in_place(chunk))
+    return map(fetch, chunk) if listed_only else ordered_map(fetch, chunk, workers, ahead)
 
 
 FAMILIES = ("logged-models", "registry", "prompts", "traces", "evaluation-datasets")
@@ -228,7 +244,7 @@ def pack(
                 with in_background(read) if overlap else nullcontext(read) as histories_of:
                     ahead = PREFETCH_RUNS if overlap else None
                     histories: dict[str, Any] | None = None
-                    for run, files in ordered_map(fetch, chunk, workers, ahead):
+                    for run, files in _fetched(fetch, chunk, source, artifacts, workers, ahead):
                         histories = histories_of() if histories is None else histories
                         writer.add_run(run, histories.pop(run.run_id))
                         for path, local in files:

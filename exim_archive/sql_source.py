@@ -426,6 +426,10 @@ class SqlSource:
 
     # -- artifacts -------------------------------------------------------------------------------
 
+    def reads_in_place(self, runs: list[RunRecord]) -> bool:
+        """Whether :meth:`download_artifacts` only lists these runs' files (all local)."""
+        return all(self.artifact_roots.in_place(run) for run in runs)
+
     def download_artifacts(self, run: RunRecord, destination: Path) -> list[tuple[str, Path]]:
         """The run's artifact files: read in place from a local folder, else downloaded through
         MLflow's artifact repository (see :class:`.artifact_roots.ArtifactRoots`)."""

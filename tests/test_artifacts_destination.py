@@ -76,3 +76,23 @@ def test_unpack_writes_where_the_server_serves_them(
     assert proof.ok, proof.problems
     again = unpack(archive, tracking_uri=db, artifacts_destination=str(fresh_server.artifacts))
     assert again.runs_created == 0
+
+
+def test_which_runs_files_are_read_in_place(tmp_path: Path) -> None:
+    """pack lists these runs' files on its own thread (no download); the rest go to its pool."""
+    from exim_archive.artifact_roots import ArtifactRoots
+    from exim_archive.records import RunRecord
+
+    def run(uri: str | None) -> RunRecord:
+        return RunRecord("r", "0", None, None, "FINISHED", 1, 2, "active", uri)
+
+    served = "mlflow-artifacts:/1/r/artifacts"
+    with_destination, without = ArtifactRoots(str(tmp_path)), ArtifactRoots(None)
+    assert with_destination.in_place(run(served))
+    assert not without.in_place(run(served))  # run_files raises: at its turn in the pool
+    for roots in (with_destination, without):
+        assert roots.in_place(run(str(tmp_path / "1" / "r")))
+        assert roots.in_place(run(f"file://{tmp_path}/1/r"))
+        assert roots.in_place(run(None)) and roots.in_place(run(""))
+        assert not roots.in_place(run("s3://bucket/1/r/artifacts"))
+    assert not ArtifactRoots("s3://bucket/root").in_place(run(served))
