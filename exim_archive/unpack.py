@@ -57,14 +57,17 @@ METRIC_SLICE = 50_000
 
 
 def _batches(runs: list[RunRecord], size: int) -> list[list[RunRecord]]:
-    """``runs`` in order, cut where the experiment changes and every ``size`` runs."""
-    out: list[list[RunRecord]] = []
+    """``runs`` in batches of up to ``size`` runs of one experiment, experiments in order of
+    first appearance, runs in order within each. Runs come in run id order, which interleaves
+    experiments: cutting that order where the experiment changes made batches of one or two."""
+    by_experiment: dict[str, list[RunRecord]] = {}
     for run in runs:
-        if out and len(out[-1]) < size and out[-1][-1].experiment_id == run.experiment_id:
-            out[-1].append(run)
-        else:
-            out.append([run])
-    return out
+        by_experiment.setdefault(run.experiment_id, []).append(run)
+    return [
+        group[start : start + size]
+        for group in by_experiment.values()
+        for start in range(0, len(group), size)
+    ]
 
 
 @dataclass

@@ -423,3 +423,21 @@ def test_runs_are_created_together_only_with_direct_sql(
     monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
     through_mlflow = open_sink(uri, ArtifactRoots())
     assert through_mlflow.direct is None and through_mlflow.runs_created_together == 1
+
+
+def test_new_runs_are_batched_by_experiment_whatever_their_order() -> None:
+    """Runs come in run id order, which interleaves experiments: a batch still holds up to its
+    size of one experiment's runs (cutting where the experiment changed made batches of 1-2)."""
+    from exim_archive.records import RunRecord
+    from exim_archive.unpack import _batches
+
+    runs = [
+        RunRecord(f"r{i:02d}", "ab"[i % 2], None, None, "FINISHED", 1, 2, "active", None)
+        for i in range(9)
+    ]
+    batches = _batches(runs, 3)
+    assert [[r.run_id for r in b] for b in batches] == [
+        ["r00", "r02", "r04"], ["r06", "r08"], ["r01", "r03", "r05"], ["r07"]
+    ]  # fmt: skip
+    assert all(len({r.experiment_id for r in b}) == 1 for b in batches)
+    assert _batches(runs, 1) == [[r] for r in runs[0::2] + runs[1::2]]
