@@ -14,9 +14,15 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from exim_archive.cli import main
+
+
+def command(seconds: float) -> list[str]:
+    """The command line that runs ``exim-archive`` paced by ``seconds``; add its arguments."""
+    return [sys.executable, str(Path(__file__)), str(seconds)]
 
 
 def _paced(seconds: float) -> None:

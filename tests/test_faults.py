@@ -39,6 +39,7 @@ from conftest import MlflowServer, NewStore
 from faultproxy import CLOSE, LOSE_REPLY, RESET, Fault, FaultProxy, Request
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from paced import command as paced_command
 from workload import count_runs, seed_bulk, seed_rich, snapshot
 
 from exim_archive import pack, target_lock, unpack
@@ -46,16 +47,15 @@ from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 from exim_archive.verify import verify
 
 QUICK_RETRIES = {"EXIM_RETRY_ATTEMPTS": "2", "EXIM_RETRY_BACKOFF": "0.2"}
-PACED = Path(__file__).with_name("paced.py")
 
 
 def _cli(
     *args: str, env: dict[str, str] | None = None, pace: float | None = None
 ) -> subprocess.Popen[str]:
     """The command in a process; ``pace``: seconds the unpack pauses after each run (paced.py)."""
-    command = ["-m", "exim_archive"] if pace is None else [str(PACED), str(pace)]
+    command = [sys.executable, "-m", "exim_archive"] if pace is None else paced_command(pace)
     return subprocess.Popen(
-        [sys.executable, *command, *args],
+        [*command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

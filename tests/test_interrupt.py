@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NewStore
+from paced import command as paced_command
 from workload import count_runs, seed_bulk, snapshot
 
 from exim_archive import pack, target_lock, unpack
@@ -20,10 +21,9 @@ from exim_archive.lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG
 
 RUNS = 24
 POINTS = 2_000
-PACE = "0.2"
+PACE = 0.2
 """Seconds the unpack pauses after each run it fills (``paced.py``): the stop has to land while
 runs are being filled, on any machine."""
-PACED = Path(__file__).with_name("paced.py")
 
 
 def _tagged(db: Path, key: str) -> int | None:
@@ -44,8 +44,7 @@ def _unpack_until_midway(
     pack(tmp_path / "a.exim", tracking_uri=src)
     db = tmp_path / "dst.db"
     proc = subprocess.Popen(
-        [sys.executable, str(PACED), PACE, "unpack", str(tmp_path / "a.exim"),
-         "--tracking-uri", dst],
+        [*paced_command(PACE), "unpack", str(tmp_path / "a.exim"), "--tracking-uri", dst],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         # A run started in the background by a non-interactive shell inherits SIGINT ignored,
         # and Python then never turns Ctrl-C into KeyboardInterrupt: give the child the default.
