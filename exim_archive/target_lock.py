@@ -70,7 +70,10 @@ class _ClientModels:
             self.sink.client.create_registered_model(name, tags=dict(tags), description=description)
             return True
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+            # MLflow's store answers a taken name by reading the model it collided with; a
+            # holder that removed it in between turns that read into RESOURCE_DOES_NOT_EXIST.
+            # Either way the name was taken a moment ago: the caller looks again.
+            if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 return False
             raise
 

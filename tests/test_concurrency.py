@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 from workload import seed_rich, snapshot
 
 from exim_archive import pack
-from exim_archive.target_lock import LOCK_NAME
+from exim_archive.sink import MlflowSink
+from exim_archive.target_lock import LOCK_NAME, TargetLock
 
 
 def _two_at_once(tmp_path: Path, new_sqlite: NewStore, target: str, prefix: str) -> None:
@@ -54,3 +55,37 @@ def test_two_unpacks_at_once_into_postgres(
 ) -> None:
     MlflowClient(postgres_uri).search_experiments()  # set up, as a server leaves it
     _two_at_once(tmp_path, new_sqlite, postgres_uri, "c")
+
+
+def test_lock_is_taken_when_its_holder_lets_go_during_the_create(
+    new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's store answers a taken name by reading the model it collided with; the holder
+    removing it in between makes that read fail with RESOURCE_DOES_NOT_EXIST (seen over HTTP in
+    CI). The waiting unpack looks again and takes the lock: no failure. MLflow's own store code,
+    with the holder's release put into that window."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    uri = new_sqlite("target")
+    holder = TargetLock(MlflowSink(uri), say=lambda _: None)
+    holder.acquire()
+    read = SqlAlchemyStore.get_registered_model
+    released: list[str] = []
+
+    def holder_releases_first(store: SqlAlchemyStore, name: str) -> object:
+        if not released:
+            released.append(name)
+            holder.release()
+        return read(store, name)
+
+    monkeypatch.setattr(SqlAlchemyStore, "get_registered_model", holder_releases_first)
+    said: list[str] = []
+    waiter = TargetLock(MlflowSink(uri), say=said.append)
+    waiter.acquire()
+    try:
+        assert released == [LOCK_NAME]  # the window was hit
+        assert waiter.held and not said
+        assert MlflowClient(uri).get_registered_model(LOCK_NAME).tags["owner"] == waiter.owner
+    finally:
+        waiter.release()
+    assert not [m for m in MlflowClient(uri).search_registered_models() if m.name == LOCK_NAME]
