@@ -390,17 +390,32 @@ class SqlTarget:
                 .values(value=value)
             )
 
-    def delete_model(self, name: str) -> None:
-        """Remove the registered model and its tags (none there: nothing to do). For the lock's
-        model, which has no versions or aliases (the database refuses the delete of one that
-        has)."""
+    atomic_delete = True
+    """:meth:`delete_model_if` checks and removes in one transaction."""
+
+    def delete_model_if(self, name: str, expected: Mapping[str, str]) -> bool:
+        """Remove the registered model and its tags if its tags hold ``expected``; True if it
+        was removed. Each expected tag is first changed in place where it still has its value
+        (a row lock on PostgreSQL and MariaDB, the write lock on SQLite, and a count of changed
+        rows on all three), so a lock another unpack took in the meantime is never removed.
+        For the lock's model, which has no versions or aliases (the database refuses the
+        delete of one that has)."""
         import sqlalchemy as sa
 
         m, t = REGISTERED_MODELS.c, REGISTERED_MODEL_TAGS.c
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.delete(REGISTERED_MODEL_TAGS).where(t.name == name, t.workspace == WORKSPACE)
-            )
-            conn.execute(
+        mine = sa.and_(t.name == name, t.workspace == WORKSPACE)
+        with self.engine.connect() as conn, conn.begin() as txn:
+            for key, value in sorted(expected.items()):
+                claimed = conn.execute(
+                    sa.update(REGISTERED_MODEL_TAGS)
+                    .where(mine, t.key == key, t.value == value)
+                    .values(value=f"{value} (being removed)")
+                ).rowcount
+                if claimed != 1:
+                    txn.rollback()
+                    return False
+            conn.execute(sa.delete(REGISTERED_MODEL_TAGS).where(mine))
+            gone = conn.execute(
                 sa.delete(REGISTERED_MODELS).where(m.name == name, m.workspace == WORKSPACE)
-            )
+            ).rowcount
+        return bool(gone)

@@ -7,6 +7,13 @@ unpack waits for it. The holder refreshes a heartbeat tag; a lock whose heartbea
 names a process of this machine (same Linux boot and PID namespace) that no longer runs is taken
 over at once: an unpack killed here and run again does not wait for the heartbeat to age. Where
 the target has no model registry, unpack goes on without the lock and says so.
+
+Taking a lock over removes it only if it still holds the owner and heartbeat that were judged
+stale: two unpacks waiting on the same dead holder must not remove each other's fresh lock. On a
+database written with plain SQL that check and the removal are one transaction. Through MLflow's
+client they are a read and a delete, with a moment between them; so an unpack that took a lock
+over looks again :data:`SETTLE` seconds after it made its own, and if another unpack's lock is
+there instead (it removed ours in that moment), waits for that one.
 """
 
 from __future__ import annotations
@@ -29,11 +36,16 @@ __all__ = ["LOCK_NAME", "TargetLock"]
 LOCK_NAME = "mlflow_exim.unpack-lock"
 STALE_AFTER = 120.0
 HEARTBEAT = 20.0
+SETTLE = 2.0
+"""Seconds after a takeover before the new holder checks the lock is still its own (client only)."""
 _DESCRIPTION = "held by exim-archive unpack while it writes; removed when done"
 
 
 class _Models(Protocol):
     """The four registered-model calls the lock makes."""
+
+    atomic_delete: bool
+    """Whether :meth:`delete_model_if` checks and removes as one step."""
 
     def model_tags(self, name: str) -> dict[str, str] | None:
         """The model's tags; None if there is no such model."""
@@ -43,8 +55,8 @@ class _Models(Protocol):
 
     def set_model_tag(self, name: str, key: str, value: str) -> None: ...
 
-    def delete_model(self, name: str) -> None:
-        """Remove the model; none there: nothing to do."""
+    def delete_model_if(self, name: str, expected: Mapping[str, str]) -> bool:
+        """Remove the model if its tags hold ``expected``; True if it was removed."""
 
 
 class _ClientModels:
@@ -80,14 +92,21 @@ class _ClientModels:
     def set_model_tag(self, name: str, key: str, value: str) -> None:
         self.sink.client.set_registered_model_tag(name, key, value)
 
-    def delete_model(self, name: str) -> None:
+    atomic_delete = False
+
+    def delete_model_if(self, name: str, expected: Mapping[str, str]) -> bool:
         from mlflow.exceptions import MlflowException
 
-        try:
+        tags = self.model_tags(name)
+        if tags is None or any(tags.get(k) != v for k, v in expected.items()):
+            return False
+        try:  # another unpack may take the lock between the read and this delete: see SETTLE
             self.sink.client.delete_registered_model(name)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
+            return False
+        return True
 
 
 class TargetLock:
@@ -125,11 +144,19 @@ class TargetLock:
 
     def acquire(self) -> None:
         waited = False
+        took_over = False
         while True:
             try:
                 if self._try_create():
-                    break
-                tags = self._tags()
+                    if not took_over or self.models.atomic_delete:
+                        break
+                    time.sleep(SETTLE)
+                    tags = self._tags()
+                    if tags is not None and tags.get("owner") == self.owner:
+                        break
+                    took_over = False  # another unpack removed ours and holds its own: wait
+                else:
+                    tags = self._tags()
             except TargetError as exc:
                 if not _no_registry(exc):
                     raise
@@ -137,13 +164,14 @@ class TargetLock:
                 return
             if tags is None:
                 continue
-            age = time.time() - float(tags.get("heartbeat", "0") or 0)
+            age = time.time() - _beat_time(tags)
             dead = _gone(tags.get("process", ""))
             if age > STALE_AFTER or dead:
-                if self._tags() == tags:  # still the stale holder's: take it over
+                judged: dict[str, str] = {k: tags[k] for k in ("owner", "heartbeat") if k in tags}
+                if self._delete_if(judged):  # still the stale holder's: taken over
+                    took_over = True
                     if dead:
                         self.say(f"taking over the unpack lock of {tags.get('owner')}: gone")
-                    self._delete()
                 continue
             if not waited:
                 self.say(f"waiting for another unpack into this target ({tags.get('owner')})")
@@ -160,17 +188,16 @@ class TargetLock:
             except Exception:
                 continue
 
-    def _delete(self) -> None:
-        self.sink.call("removing the unpack lock", partial(self.models.delete_model, LOCK_NAME))
+    def _delete_if(self, expected: Mapping[str, str]) -> bool:
+        delete = partial(self.models.delete_model_if, LOCK_NAME, expected)
+        return self.sink.call("removing the unpack lock", delete)
 
     def release(self) -> None:
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
         if self.held:
-            tags = self._tags()
-            if tags is not None and tags.get("owner") == self.owner:
-                self._delete()
+            self._delete_if({"owner": self.owner})
             self.held = False
 
     def __enter__(self) -> TargetLock:
@@ -185,6 +212,14 @@ class TargetLock:
                 raise
             # the job already failed (often: the target went away); that error is the one to
             # report, and a lock left behind goes stale and is taken over by the next unpack
+
+
+def _beat_time(tags: Mapping[str, str]) -> float:
+    """When the lock's holder last beat (0 if its tag is missing or not a number: stale)."""
+    try:
+        return float(tags.get("heartbeat", "0") or 0)
+    except ValueError:
+        return 0.0
 
 
 def _no_registry(exc: TargetError) -> bool:

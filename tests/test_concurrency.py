@@ -89,3 +89,53 @@ def test_lock_is_taken_when_its_holder_lets_go_during_the_create(
     finally:
         waiter.release()
     assert not [m for m in MlflowClient(uri).search_registered_models() if m.name == LOCK_NAME]
+
+
+def test_takeover_race_through_the_client_leaves_one_holder(
+    new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through MLflow's client, taking over a stale lock is a read then a delete. Two unpacks
+    waiting on the same dead holder: A removes it and makes its own; B, which read the stale
+    lock before, removes A's in the moment between its read and its delete and makes its own.
+    A looks again after SETTLE, finds B's lock and waits for it instead of going on beside
+    B. MLflow's own store code, with B's steps put into A's settle time."""
+    import threading
+    import time
+
+    from exim_archive import target_lock
+
+    uri = new_sqlite("target")
+    client = MlflowClient(uri)
+    client.create_registered_model(LOCK_NAME, tags={"owner": "dead", "heartbeat": "0"})
+    said: list[str] = []
+    a = TargetLock(MlflowSink(uri), say=said.append)
+    assert not a.models.atomic_delete
+    b = TargetLock(MlflowSink(uri), say=lambda _: None)
+    b_done = threading.Event()
+    settle = target_lock.time.sleep
+
+    def a_settles(seconds: float) -> None:
+        if seconds == target_lock.SETTLE and not b_done.is_set():
+            # B read the dead holder's lock before A removed it; its delete lands now
+            client.delete_registered_model(LOCK_NAME)
+            assert b._try_create()
+            b.held = True
+            b_done.set()
+        settle(seconds)
+
+    monkeypatch.setattr(target_lock.time, "sleep", a_settles)
+    waiter = threading.Thread(target=a.acquire)
+    waiter.start()
+    try:
+        assert b_done.wait(30)
+        time.sleep(3)  # A has looked again by now
+        assert not a.held and waiter.is_alive()
+        assert said == [f"waiting for another unpack into this target ({b.owner})"]
+        assert client.get_registered_model(LOCK_NAME).tags["owner"] == b.owner
+    finally:
+        b.release()
+        waiter.join(30)
+    assert a.held
+    assert client.get_registered_model(LOCK_NAME).tags["owner"] == a.owner
+    a.release()
+    assert not [m for m in client.search_registered_models() if m.name == LOCK_NAME]

@@ -286,8 +286,9 @@ def test_experiment_name_taken_is_refused_as_mlflow_does(new_sqlite: NewStore) -
         target.close()
 
 
-def test_lock_model_rows(new_sqlite: NewStore) -> None:
-    target = open_sql_target(new_sqlite("t"), proxied=False)
+def _lock_model_rows(uri: str) -> None:
+    """The lock's registered-model rows; removal only while the tags hold what was judged."""
+    target = open_sql_target(uri, proxied=False)
     assert target is not None
     try:
         assert target.model_tags("lock") is None
@@ -295,11 +296,32 @@ def test_lock_model_rows(new_sqlite: NewStore) -> None:
         assert not target.create_model("lock", {"owner": "you"}, "held")
         target.set_model_tag("lock", "heartbeat", "2")
         assert target.model_tags("lock") == {"owner": "me", "heartbeat": "2"}
-        target.delete_model("lock")
+        # judged stale at heartbeat 1, beat since; or another owner's: left, untouched
+        assert not target.delete_model_if("lock", {"owner": "me", "heartbeat": "1"})
+        assert not target.delete_model_if("lock", {"owner": "you"})
+        assert target.model_tags("lock") == {"owner": "me", "heartbeat": "2"}
+        assert target.delete_model_if("lock", {"owner": "me", "heartbeat": "2"})
         assert target.model_tags("lock") is None
-        target.delete_model("lock")  # nothing there: nothing to do
+        assert not target.delete_model_if("lock", {"owner": "me"})  # nothing there
+        assert target.create_model("lock", {"owner": "you"}, "held")  # the name is free
     finally:
         target.close()
+
+
+def test_lock_model_rows(new_sqlite: NewStore) -> None:
+    _lock_model_rows(new_sqlite("t"))
+
+
+@pytest.mark.database
+def test_lock_model_rows_postgres(postgres_uri: str) -> None:
+    MlflowClient(postgres_uri).search_experiments()  # set up, as a server leaves it
+    _lock_model_rows(postgres_uri)
+
+
+@pytest.mark.database
+def test_lock_model_rows_mariadb(mysql_uri: str) -> None:
+    MlflowClient(mysql_uri).search_experiments()
+    _lock_model_rows(mysql_uri)
 
 
 _NAMES = [
