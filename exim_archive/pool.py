@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
@@ -31,7 +31,7 @@ B = TypeVar("B")
 
 def ordered_map(
     fn: Callable[[A], B], items: Iterable[A], workers: int, ahead: int | None = None
-) -> Iterator[B]:
+) -> Generator[B, None, None]:
     """``map(fn, items)`` on ``workers`` threads, at most ``ahead`` (default ``2 * workers``)
     items in flight.
 

@@ -118,6 +118,10 @@ class _Target:
     restored: bool = False
 
 
+_Item = tuple[RunRecord, RunPoints | None, ExistingRun | None, bool]
+"""A run to fill, its points, what the target holds of it, and whether its files are written."""
+
+
 class _Unpacker:
     def __init__(
         self,
@@ -288,8 +292,20 @@ class _Unpacker:
             out.append((key, value))
         return out
 
-    def fill(self, item: tuple[RunRecord, RunPoints | None, ExistingRun | None]) -> int:
-        run, points, existing = item
+    def files_ahead(self, item: _Item) -> _Item:
+        """A new run's files, written before :meth:`fill` (which then skips them), on the pool
+        while the one writer fills earlier runs: file creation is the other half of a small
+        run's unpack into a database with local artifacts. The run stays incomplete until
+        :meth:`fill` ends it, so a stop in between leaves it to be resumed, files and all."""
+        run, points, existing, _ = item
+        arts = self.artifacts.get(run.run_id, [])
+        if existing is not None or not arts:
+            return item
+        self.sink.put_artifacts(self.run_ids[run.run_id], arts, self.reader.extract_artifact)
+        return run, points, existing, True
+
+    def fill(self, item: _Item) -> int:
+        run, points, existing, files_written = item
         new_id = self.run_ids[run.run_id]
         if existing is not None and existing.lifecycle_stage == "deleted":
             self.sink.restore_run(new_id)
@@ -301,14 +317,14 @@ class _Unpacker:
         self.sink.log_run_data(new_id, self.params(run), self.late_tags(run), pieces)
         self.sink.log_inputs(new_id, run.inputs)
         arts = self.artifacts.get(run.run_id, [])
-        if arts:
+        if arts and not files_written:
             self.sink.put_artifacts(new_id, arts, self.reader.extract_artifact)
         self.sink.finish_run(new_id, run)
         return points.num_rows if points is not None else 0
 
     def _with_metrics(
         self, todo: list[RunRecord], existing: dict[str, ExistingRun | None]
-    ) -> Iterator[tuple[RunRecord, RunPoints | None, ExistingRun | None]]:
+    ) -> Iterator[_Item]:
         """Pair each run to fill with its metric points, streaming the metrics table once."""
         wanted = {r.run_id for r in todo}
         by_id = {r.run_id: r for r in todo}
@@ -319,11 +335,11 @@ class _Unpacker:
                     if earlier >= run_id:
                         break
                     done.add(earlier)
-                    yield by_id[earlier], None, existing[earlier]
+                    yield by_id[earlier], None, existing[earlier], False
                 done.add(run_id)
-                yield by_id[run_id], points, existing[run_id]
+                yield by_id[run_id], points, existing[run_id], False
         for rest in sorted(wanted - done):
-            yield by_id[rest], None, existing[rest]
+            yield by_id[rest], None, existing[rest], False
 
     def run(self) -> None:
         self.check_plan()
@@ -381,9 +397,15 @@ class _Unpacker:
                 self.run_ids[source_id] = new_id
                 self.report.runs_created += 1
         bar = Progress("unpack", len(todo), enabled=self.progress)
-        for points in ordered_map(self.fill, self._with_metrics(todo, existing), writers):
-            self.report.metric_points += points
-            bar.advance()
+        items = self._with_metrics(todo, existing)
+        with ExitStack() as stack:
+            if writers == 1 and self.workers > 1:
+                ahead = ordered_map(self.files_ahead, items, self.workers, ahead=self.workers)
+                stack.callback(ahead.close)  # on a failure, its pool stops and is waited for
+                items = ahead
+            for points in ordered_map(self.fill, items, writers):
+                self.report.metric_points += points
+                bar.advance()
         bar.close()
         self.report.artifacts = sum(len(self.artifacts.get(r.run_id, [])) for r in todo)
         self.report.id_map["runs"] = dict(sorted(self.run_ids.items()))

@@ -117,3 +117,48 @@ def test_a_lock_holder_is_gone_only_if_its_process_here_has_ended() -> None:
     assert not target_lock._gone(f"another-boot/pid:[1]/{child.pid}")  # another machine
     assert not target_lock._gone("")  # a lock taken where there is no /proc
     assert not target_lock._gone(f"{here}/not-a-pid")
+
+
+def test_a_file_that_cannot_be_written_fails_the_unpack_and_a_rerun_finishes(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into SQLite the files of new runs are written on the pool, ahead of the one writer that
+    fills and ends runs. A file that cannot be written (the disk full, say) fails the unpack
+    with that error, every run it did not end stays incomplete (files written ahead or not),
+    and the same unpack again finishes the job."""
+    import errno
+
+    from exim_archive.bundle_reader import ArchiveReader
+    from exim_archive.errors import TargetError
+
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    seed_bulk(src, "bulk", runs=RUNS, points=50, artifact_root=tmp_path / "art")
+    pack(tmp_path / "a.exim", tracking_uri=src)
+    extract = ArchiveReader.extract_artifact
+    written: list[str] = []
+    failed: list[str] = []
+
+    def disk_full_at_the_tenth(self: ArchiveReader, record: object, destination: Path) -> None:
+        if len(written) == 9:
+            failed.append(destination.parent.parent.name)  # <run id>/artifacts/a.txt
+            raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+        extract(self, record, destination)  # type: ignore[arg-type]
+        written.append(str(destination))
+
+    monkeypatch.setattr(ArchiveReader, "extract_artifact", disk_full_at_the_tenth)
+    with pytest.raises(TargetError, match="No space left on device"):
+        unpack(tmp_path / "a.exim", tracking_uri=dst, workers=4)
+    db = tmp_path / "dst.db"
+    assert _tagged(db, SOURCE_RUN_TAG) == RUNS
+    ended = RUNS - (_tagged(db, INCOMPLETE_TAG) or 0)
+    assert 0 < ended < RUNS
+    with sqlite3.connect(db) as con:  # no run whose file failed was ended
+        marked = {
+            r[0] for r in con.execute("select run_uuid from tags where key = ?", (INCOMPLETE_TAG,))
+        }
+    assert failed and set(failed) <= marked
+    monkeypatch.setattr(ArchiveReader, "extract_artifact", extract)
+    report = unpack(tmp_path / "a.exim", tracking_uri=dst)
+    assert report.runs_resumed == RUNS - ended
+    assert _tagged(db, INCOMPLETE_TAG) == 0
+    assert snapshot(dst, ["bulk"]) == snapshot(src, ["bulk"])
