@@ -74,6 +74,10 @@ def fit_tags(tags: Mapping[str, str], value_limit: int, what: str) -> Fitted:
 
 CREATE_BATCH = 100
 """New runs of one experiment created in one transaction on a database with direct SQL."""
+END_GROUP_RUNS = 16
+END_GROUP_POINTS = 50_000
+"""New runs' ends go to a database with direct SQL in groups of up to this many runs and
+held metric points, one transaction a group (:meth:`MlflowSink.finish_run`)."""
 _RUN_STATUSES = frozenset({"RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"})
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 _PAGE = 50_000
@@ -149,6 +153,9 @@ class MlflowSink:
         """Of the runs this sink created (they hold nothing but ``create_run``'s tags)."""
         self._pending: dict[str, _Held] = {}
         """What new runs keep for :meth:`finish_run` (direct SQL)."""
+        self._ends: list[tuple[str, RunEnd, pa.Table | None]] = []
+        """Ends of new runs waiting for their group's transaction (:meth:`end_runs`)."""
+        self._ends_lock = threading.Lock()
         self.call = Caller(
             TargetError,
             self.safe_uri,
@@ -607,9 +614,10 @@ class MlflowSink:
         )
 
     def finish_run(self, run_id: str, run: RunRecord) -> None:
-        """Set status and end time as the source had them, then drop the incomplete marker
-        (with the params, tags and points :meth:`log_run_data` held, in one transaction, where
-        it held them)."""
+        """Set status and end time as the source had them, then drop the incomplete marker.
+        Where :meth:`log_run_data` held the run's params, tags and last points (a new run,
+        direct SQL), they go with its end in one transaction, shared by a group of such runs
+        (:data:`END_GROUP_RUNS`): the group's last runs end at :meth:`end_runs`."""
 
         def already_gone() -> bool | None:
             tags = self.client.get_run(run_id).data.tags
@@ -628,8 +636,13 @@ class MlflowSink:
             status = run.status if ends else None
             end_time = run.end_time if ends else None
             end = RunEnd(held.params, held.tags, status, end_time, INCOMPLETE_TAG)
-            finish = partial(fast.finish, run_id, end, held.points)
-            self.call(f"finishing run {run_id}", finish, before_retry=already_gone)
+            with self._ends_lock:
+                self._ends.append((run_id, end, held.points))
+                held_points = sum(p.num_rows for _, _, p in self._ends if p is not None)
+                if len(self._ends) < END_GROUP_RUNS and held_points < END_GROUP_POINTS:
+                    return
+                group, self._ends = self._ends, []
+            self._end_group(group)
             return
         if ends:
             from mlflow.entities import RunStatus
@@ -645,6 +658,29 @@ class MlflowSink:
             lambda: self.client.delete_tag(run_id, INCOMPLETE_TAG),
             before_retry=already_gone,
         )
+
+    def end_runs(self) -> None:
+        """End the new runs :meth:`finish_run` still holds (the last group): call it once every
+        run is filled. Until then those runs keep their incomplete marker: a stop before this
+        leaves them to be resumed."""
+        with self._ends_lock:
+            group, self._ends = self._ends, []
+        if group:
+            self._end_group(group)
+
+    def _end_group(self, group: list[tuple[str, RunEnd, pa.Table | None]]) -> None:
+        """One transaction for the ends of ``group`` (see :meth:`.SqlMetrics.finish_many`)."""
+        fast = self._sql_metrics.get()
+        assert fast is not None
+        run_ids = [run_id for run_id, _, _ in group]
+
+        def already_gone() -> bool | None:
+            # a lost reply may hide a commit that landed: then no run of the group has its marker
+            tags = self.client.get_run(run_ids[0]).data.tags
+            return None if INCOMPLETE_TAG in tags else True
+
+        what = f"finishing run {run_ids[0]}" + (f" and {len(group) - 1} more" if group[1:] else "")
+        self.call(what, partial(fast.finish_many, group), before_retry=already_gone)
 
     def artifact_uri(self, run_id: str) -> str | None:
         """The run's artifact URI: as create_run returned it, else read from the target."""

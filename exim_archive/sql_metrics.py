@@ -201,3 +201,20 @@ class SqlMetrics:
         except self.writer.conflict():
             self.writer.write(run_id, points)
             self.runs.finish(run_id, end)
+
+    def finish_many(self, ends: Sequence[tuple[str, RunEnd, pa.Table | None]]) -> None:
+        """:meth:`finish` for several new runs in one transaction: all end or none, with one
+        commit (half of a small run's end transaction on SQLite, ~4 ``fdatasync`` each). A
+        point already there (PostgreSQL) loses it; each run then goes by :meth:`finish`."""
+        if len(ends) == 1:
+            self.finish(*ends[0])
+            return
+        try:
+            with self.engine.begin() as conn:
+                for run_id, end, points in ends:
+                    if points is not None and points.num_rows:
+                        self.writer.write_in(conn, run_id, points)
+                    self.runs.finish_in(conn, run_id, end)
+        except self.writer.conflict():
+            for run_id, end, points in ends:
+                self.finish(run_id, end, points)

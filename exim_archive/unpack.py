@@ -406,6 +406,7 @@ class _Unpacker:
             for points in ordered_map(self.fill, items, writers):
                 self.report.metric_points += points
                 bar.advance()
+        self.sink.end_runs()  # the last group of new runs' ends
         bar.close()
         self.report.artifacts = sum(len(self.artifacts.get(r.run_id, [])) for r in todo)
         self.report.id_map["runs"] = dict(sorted(self.run_ids.items()))

@@ -139,7 +139,7 @@ def test_a_file_that_cannot_be_written_fails_the_unpack_and_a_rerun_finishes(
     failed: list[str] = []
 
     def disk_full_at_the_tenth(self: ArchiveReader, record: object, destination: Path) -> None:
-        if len(written) == 9:
+        if len(written) >= 9:
             failed.append(destination.parent.parent.name)  # <run id>/artifacts/a.txt
             raise OSError(errno.ENOSPC, "No space left on device", str(destination))
         extract(self, record, destination)  # type: ignore[arg-type]
@@ -151,7 +151,7 @@ def test_a_file_that_cannot_be_written_fails_the_unpack_and_a_rerun_finishes(
     db = tmp_path / "dst.db"
     assert _tagged(db, SOURCE_RUN_TAG) == RUNS
     ended = RUNS - (_tagged(db, INCOMPLETE_TAG) or 0)
-    assert 0 < ended < RUNS
+    assert ended < RUNS  # filled runs end in groups: a failure may come before the first
     with sqlite3.connect(db) as con:  # no run whose file failed was ended
         marked = {
             r[0] for r in con.execute("select run_uuid from tags where key = ?", (INCOMPLETE_TAG,))

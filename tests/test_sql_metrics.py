@@ -63,10 +63,11 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def sql_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The run ids direct SQL wrote points for (SqlMetrics.write, or SqlMetrics.finish with
-    a new run's last points)."""
+    """The run ids direct SQL wrote points for (SqlMetrics.write, or SqlMetrics.finish or
+    finish_many with new runs' last points)."""
     calls: list[str] = []
     real_write, real_finish = sql_metrics.SqlMetrics.write, sql_metrics.SqlMetrics.finish
+    real_many = sql_metrics.SqlMetrics.finish_many
 
     def write(self: sql_metrics.SqlMetrics, run_id: str, points: pa.Table) -> None:
         calls.append(run_id)
@@ -78,8 +79,13 @@ def sql_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             calls.append(run_id)
         real_finish(self, run_id, *args)
 
+    def finish_many(self: sql_metrics.SqlMetrics, ends: list[tuple[str, Any, Any]]) -> None:
+        calls.extend(run_id for run_id, _, points in ends if points is not None and points.num_rows)
+        real_many(self, ends)
+
     monkeypatch.setattr(sql_metrics.SqlMetrics, "write", write)
     monkeypatch.setattr(sql_metrics.SqlMetrics, "finish", finish)
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "finish_many", finish_many)
     return calls
 
 

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewStore
 from mlflow import MlflowClient
-from workload import seed_bulk, seed_rich
+from workload import seed_bulk, seed_rich, snapshot
 
 from exim_archive import pack, unpack
 from exim_archive.lineage import SOURCE_RUN_TAG
@@ -463,3 +463,60 @@ def test_new_runs_are_batched_by_experiment_whatever_their_order() -> None:
     ]  # fmt: skip
     assert all(len({r.experiment_id for r in b}) == 1 for b in batches)
     assert _batches(runs, 1) == [[r] for r in runs[0::2] + runs[1::2]]
+
+
+def test_new_runs_end_in_groups_all_or_none(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New runs' ends (params, tags, last points, status, the marker's removal) go into a
+    database in groups of END_GROUP_RUNS, one transaction each. A group whose transaction
+    fails ends none of its runs; the groups before it stay ended; the rerun finishes."""
+    import errno
+
+    from exim_archive import sql_metrics
+    from exim_archive.errors import TargetError
+    from exim_archive.lineage import INCOMPLETE_TAG
+    from exim_archive.sink import END_GROUP_RUNS
+
+    runs = 2 * END_GROUP_RUNS + 8
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    seed_bulk(src, "bulk", runs=runs, points=10, artifact_root=tmp_path / "art")
+    archive = tmp_path / "a.exim"
+    pack(archive, tracking_uri=src)
+    real = sql_metrics.SqlMetrics.finish_many
+    groups: list[int] = []
+
+    def second_group_fails(self: sql_metrics.SqlMetrics, ends: list[Any]) -> None:
+        groups.append(len(ends))
+        if len(groups) == 2:
+            raise OSError(errno.EIO, "the disk went away")
+        real(self, ends)
+
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "finish_many", second_group_fails)
+    with pytest.raises(TargetError, match="the disk went away"):
+        unpack(archive, tracking_uri=dst)
+    db = sa.create_engine(dst)
+    with db.connect() as conn:
+        marked = conn.execute(
+            sa.text("SELECT count(*) FROM tags WHERE key = :k"), {"k": INCOMPLETE_TAG}
+        ).scalar_one()
+    assert groups == [END_GROUP_RUNS, END_GROUP_RUNS]
+    assert marked == runs - END_GROUP_RUNS  # the first group ended, nothing of the second
+
+    groups.clear()
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "finish_many", real)
+    report = unpack(archive, tracking_uri=dst)
+    assert report.runs_resumed == runs - END_GROUP_RUNS
+    assert snapshot(dst, ["bulk"]) == snapshot(src, ["bulk"])
+    db.dispose()
+
+    def recorded(self: sql_metrics.SqlMetrics, ends: list[Any]) -> None:
+        groups.append(len(ends))
+        real(self, ends)
+
+    monkeypatch.setattr(sql_metrics.SqlMetrics, "finish_many", recorded)
+    groups.clear()  # a clean unpack of new runs: groups of END_GROUP_RUNS, then the rest
+    fresh = new_sqlite("fresh")
+    unpack(archive, tracking_uri=fresh)
+    assert groups == [END_GROUP_RUNS, END_GROUP_RUNS, 8]
+    assert snapshot(fresh, ["bulk"]) == snapshot(src, ["bulk"])
