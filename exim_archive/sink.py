@@ -618,11 +618,6 @@ class MlflowSink:
         Where :meth:`log_run_data` held the run's params, tags and last points (a new run,
         direct SQL), they go with its end in one transaction, shared by a group of such runs
         (:data:`END_GROUP_RUNS`): the group's last runs end at :meth:`end_runs`."""
-
-        def already_gone() -> bool | None:
-            tags = self.client.get_run(run_id).data.tags
-            return None if INCOMPLETE_TAG in tags else True
-
         ends = run.status != "RUNNING" or run.end_time is not None
         held = self._pending.pop(run_id, None)
         fast = self._sql_metrics.get()
@@ -656,7 +651,7 @@ class MlflowSink:
         self.call(
             f"finishing run {run_id}",
             lambda: self.client.delete_tag(run_id, INCOMPLETE_TAG),
-            before_retry=already_gone,
+            before_retry=partial(self._ended, run_id),
         )
 
     def end_runs(self) -> None:
@@ -672,15 +667,17 @@ class MlflowSink:
         """One transaction for the ends of ``group`` (see :meth:`.SqlMetrics.finish_many`)."""
         fast = self._sql_metrics.get()
         assert fast is not None
-        run_ids = [run_id for run_id, _, _ in group]
+        first = group[0][0]
+        what = f"finishing run {first}" + (f" and {len(group) - 1} more" if group[1:] else "")
+        # the group's transaction is all or none: its first run tells whether a lost reply hid
+        # a commit that landed
+        ended = partial(self._ended, first)
+        self.call(what, partial(fast.finish_many, group), before_retry=ended)
 
-        def already_gone() -> bool | None:
-            # a lost reply may hide a commit that landed: then no run of the group has its marker
-            tags = self.client.get_run(run_ids[0]).data.tags
-            return None if INCOMPLETE_TAG in tags else True
-
-        what = f"finishing run {run_ids[0]}" + (f" and {len(group) - 1} more" if group[1:] else "")
-        self.call(what, partial(fast.finish_many, group), before_retry=already_gone)
+    def _ended(self, run_id: str) -> bool | None:
+        """For a retry of a run's end: True if an earlier try already dropped its marker."""
+        tags = self.client.get_run(run_id).data.tags
+        return None if INCOMPLETE_TAG in tags else True
 
     def artifact_uri(self, run_id: str) -> str | None:
         """The run's artifact URI: as create_run returned it, else read from the target."""
