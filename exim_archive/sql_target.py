@@ -378,17 +378,31 @@ class SqlTarget:
             return False
         return True
 
-    def set_model_tag(self, name: str, key: str, value: str) -> None:
-        """Replace the value of the registered model's tag ``key`` (the lock's heartbeat)."""
+    def beat_if_owner(self, name: str, owner: str, value: str) -> bool:
+        """Set the registered model's ``heartbeat`` tag to ``value`` if its ``owner`` tag is
+        ``owner``; False, with nothing written, if it is not (the lock was taken over) or there
+        is no such model. One transaction: the heartbeat is changed first (a row lock on
+        PostgreSQL and MariaDB, the write lock on SQLite; :meth:`delete_model_if` of a stale
+        lock takes the same rows in the same order), then the owner is read under that lock,
+        and if it is another's the change is rolled back. Several statements rather than one
+        ``UPDATE`` with a subquery on the same table, which MySQL refuses."""
         import sqlalchemy as sa
 
         t = REGISTERED_MODEL_TAGS.c
-        with self.engine.begin() as conn:
-            conn.execute(
+        mine = sa.and_(t.name == name, t.workspace == WORKSPACE)
+        with self.engine.connect() as conn, conn.begin() as txn:
+            beat = conn.execute(
                 sa.update(REGISTERED_MODEL_TAGS)
-                .where(t.name == name, t.workspace == WORKSPACE, t.key == key)
+                .where(mine, t.key == "heartbeat")
                 .values(value=value)
-            )
+            ).rowcount
+            holder = conn.execute(
+                sa.select(t.value).where(mine, t.key == "owner").with_for_update()
+            ).scalar_one_or_none()
+            if beat != 1 or holder != owner:
+                txn.rollback()
+                return False
+        return True
 
     atomic_delete = True
     """:meth:`delete_model_if` checks and removes in one transaction."""

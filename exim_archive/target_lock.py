@@ -14,6 +14,16 @@ database written with plain SQL that check and the removal are one transaction. 
 client they are a read and a delete, with a moment between them; so an unpack that took a lock
 over looks again :data:`SETTLE` seconds after it made its own, and if another unpack's lock is
 there instead (it removed ours in that moment), waits for that one.
+
+A holder can lose its lock while it still runs: if no heartbeat reached the target for over
+:data:`STALE_AFTER` seconds (the machine or process was suspended, the target out of reach),
+another unpack takes it over. So each heartbeat is written only while the lock still names its
+holder as ``owner`` (one conditional transaction with plain SQL; through MLflow's client a read
+then a write, see :meth:`_ClientModels.beat_if_owner`), and a heartbeat that finds another
+owner's lock, or none, stops beating and records it (:attr:`TargetLock.lost`). The writes call
+:meth:`TargetLock.check` before each run and unpack once more after them: the unpack stops with
+a :class:`.TargetError` rather than write beside the new holder. Writes already under way when
+the heartbeat finds out (up to one :data:`HEARTBEAT` period, the run in flight) still land.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ STALE_AFTER = 120.0
 HEARTBEAT = 20.0
 SETTLE = 2.0
 """Seconds after a takeover before the new holder checks the lock is still its own (client only)."""
+BEAT_THREAD = "exim-archive unpack lock heartbeat"
+"""The heartbeat thread's name."""
 _DESCRIPTION = "held by exim-archive unpack while it writes; removed when done"
 
 
@@ -53,7 +65,9 @@ class _Models(Protocol):
     def create_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
         """Register ``name``; False if the name is taken."""
 
-    def set_model_tag(self, name: str, key: str, value: str) -> None: ...
+    def beat_if_owner(self, name: str, owner: str, value: str) -> bool:
+        """Set the model's ``heartbeat`` tag to ``value`` if its ``owner`` tag is ``owner``;
+        False if it is not or there is no such model."""
 
     def delete_model_if(self, name: str, expected: Mapping[str, str]) -> bool:
         """Remove the model if its tags hold ``expected``; True if it was removed."""
@@ -89,8 +103,23 @@ class _ClientModels:
                 return False
             raise
 
-    def set_model_tag(self, name: str, key: str, value: str) -> None:
-        self.sink.client.set_registered_model_tag(name, key, value)
+    def beat_if_owner(self, name: str, owner: str, value: str) -> bool:
+        """MLflow has no conditional write: a read, then the write. A takeover landing in the
+        moment between them gets this one heartbeat, a current time, on its fresh lock (its
+        holder is alive, so nothing is judged wrongly), and the next beat finds the lock not
+        ours."""
+        from mlflow.exceptions import MlflowException
+
+        tags = self.model_tags(name)
+        if tags is None or tags.get("owner") != owner:
+            return False
+        try:
+            self.sink.client.set_registered_model_tag(name, "heartbeat", value)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return False  # removed since the read
+        return True
 
     atomic_delete = False
 
@@ -118,6 +147,9 @@ class TargetLock:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held = False
         self.note: str | None = None
+        self.lost: str | None = None
+        """How the lock stopped being ours while held (``taken over by <owner>``, ``removed``),
+        as the heartbeat found it; None while it is ours."""
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self.models: _Models = sink.direct or _ClientModels(sink)
@@ -178,15 +210,42 @@ class TargetLock:
                 waited = True
             time.sleep(1.0)
         self.held = True
-        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self._beat = threading.Thread(target=self._heartbeat, name=BEAT_THREAD, daemon=True)
         self._beat.start()
 
     def _heartbeat(self) -> None:
+        """Refresh the heartbeat while the lock is ours. A beat that fails (the target did not
+        answer) is tried again at the next; a lock found to be another owner's, or gone, is lost
+        for good: recorded for :meth:`check`, and no more beats (they would be written into
+        the new holder's lock)."""
         while not self._stop.wait(HEARTBEAT):
             try:
-                self.models.set_model_tag(LOCK_NAME, "heartbeat", str(time.time()))
+                if self.models.beat_if_owner(LOCK_NAME, self.owner, str(time.time())):
+                    continue
+                tags = self.models.model_tags(LOCK_NAME)
             except Exception:
                 continue
+            if tags is None:
+                self.lost = "removed"
+            elif tags.get("owner") != self.owner:
+                self.lost = f"taken over by {tags.get('owner') or 'a holder without an owner tag'}"
+            else:  # still ours (its heartbeat tag gone?): not a definite loss
+                continue
+            return
+
+    def check(self) -> None:
+        """Raise if the heartbeat found the lock lost: this unpack must not write beside the
+        one that holds it now. One attribute read, cheap enough before every run."""
+        if self.lost is None:
+            return
+        raise TargetError(
+            f"the unpack lock was {self.lost} while this unpack was writing (another unpack "
+            f"takes a lock over when no heartbeat reached the target for over {STALE_AFTER:g} s: "
+            "was this machine or process suspended, or the target out of reach?); stopped",
+            where=self.sink.safe_uri,
+            hint="what landed is kept and resumable: run the same unpack again when the other "
+            "one has finished, then 'exim-archive verify ARCHIVE --against URI'",
+        )
 
     def _delete_if(self, expected: Mapping[str, str]) -> bool:
         delete = partial(self.models.delete_model_if, LOCK_NAME, expected)

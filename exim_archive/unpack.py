@@ -131,8 +131,12 @@ class _Unpacker:
         workers: int,
         progress: bool | None,
         report: UnpackReport,
+        check_lock: Callable[[], None],
     ) -> None:
+        """``check_lock``: raises if the target's unpack lock is no longer this unpack's
+        (:meth:`.TargetLock.check`); called before each batch of new runs and each run filled."""
         self.reader, self.sink, self.report = reader, sink, report
+        self.check_lock = check_lock
         self.lineage = import_source_tags
         self.workers, self.progress = workers, progress
         m = reader.manifest
@@ -305,6 +309,7 @@ class _Unpacker:
         return run, points, existing, True
 
     def fill(self, item: _Item) -> int:
+        self.check_lock()
         run, points, existing, files_written = item
         new_id = self.run_ids[run.run_id]
         if existing is not None and existing.lifecycle_stage == "deleted":
@@ -384,6 +389,7 @@ class _Unpacker:
             )
 
         def create(batch: list[RunRecord]) -> list[tuple[str, str]]:
+            self.check_lock()
             target = by_source[batch[0].experiment_id]
             made = self.sink.create_runs(
                 target.experiment_id, [(run, self.run_tags(run)) for run in batch]
@@ -517,7 +523,10 @@ def unpack(
                 with TargetLock(sink, say) as lock:
                     if lock.note:
                         report.notes.append(lock.note)
-                    _Unpacker(reader, sink, import_source_tags, workers, progress, report).run()
+                    _Unpacker(
+                        reader, sink, import_source_tags, workers, progress, report, lock.check
+                    ).run()
+                    lock.check()  # lost during the last writes: no success to report
             finally:
                 report.retries = sink.call.retries
                 report.notes.extend(sink.notes)

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MlflowServer, NewStore
+from faultproxy import Fault, FaultProxy, Request
 from mlflow import MlflowClient
-from workload import seed_rich, snapshot
+from workload import seed_bulk, seed_rich, snapshot
 
-from exim_archive import pack
-from exim_archive.sink import MlflowSink
-from exim_archive.target_lock import LOCK_NAME, TargetLock
+from exim_archive import pack, target_lock, unpack
+from exim_archive.artifact_roots import ArtifactRoots
+from exim_archive.errors import TargetError
+from exim_archive.lineage import INCOMPLETE_TAG
+from exim_archive.sink import MlflowSink, open_sink
+from exim_archive.target_lock import BEAT_THREAD, LOCK_NAME, TargetLock
 
 
 def _two_at_once(tmp_path: Path, new_sqlite: NewStore, target: str, prefix: str) -> None:
@@ -99,11 +109,6 @@ def test_takeover_race_through_the_client_leaves_one_holder(
     lock before, removes A's in the moment between its read and its delete and makes its own.
     A looks again after SETTLE, finds B's lock and waits for it instead of going on beside
     B. MLflow's own store code, with B's steps put into A's settle time."""
-    import threading
-    import time
-
-    from exim_archive import target_lock
-
     uri = new_sqlite("target")
     client = MlflowClient(uri)
     client.create_registered_model(LOCK_NAME, tags={"owner": "dead", "heartbeat": "0"})
@@ -139,3 +144,237 @@ def test_takeover_race_through_the_client_leaves_one_holder(
     assert client.get_registered_model(LOCK_NAME).tags["owner"] == a.owner
     a.release()
     assert not [m for m in client.search_registered_models() if m.name == LOCK_NAME]
+
+
+# -- a holder that loses its lock while it runs ------------------------------------------------
+
+THIEF = "elsewhere:4242:0badf00d"
+"""The owner of the lock another unpack takes over from a holder it judged stale."""
+
+
+def _sink(uri: str, path: str) -> MlflowSink:
+    """A sink on ``uri`` whose lock goes through plain SQL (``sql``) or MLflow's client."""
+    sink = open_sink(uri, ArtifactRoots()) if path == "sql" else MlflowSink(uri)
+    assert (sink.direct is not None) == (path == "sql")
+    return sink
+
+
+def _lock_tags(uri: str) -> dict[str, str] | None:
+    """The lock's tags as the sqlite file holds them; None if there is no lock."""
+    with closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as con:
+        found = con.execute("select 1 from registered_models where name = ?", (LOCK_NAME,))
+        if found.fetchone() is None:
+            return None
+        rows = con.execute(
+            "select key, value from registered_model_tags where name = ?", (LOCK_NAME,)
+        )
+        return {str(k): str(v) for k, v in rows}
+
+
+def _beat(uri: str) -> str:
+    tags = _lock_tags(uri)
+    assert tags is not None, "the lock is gone"
+    return tags["heartbeat"]
+
+
+def _beats(uri: str, count: int) -> None:
+    """Return as soon as the holder's heartbeat has landed ``count`` more times."""
+    seen = [_beat(uri)]
+    deadline = time.monotonic() + 30
+    while len(seen) <= count:
+        assert time.monotonic() < deadline, f"{len(seen) - 1} beats in 30 s"
+        now = _beat(uri)
+        if now != seen[-1]:
+            seen.append(now)
+        time.sleep(0.002)
+
+
+def _take_over(uri: str, heartbeat: str | None) -> None:
+    """Another unpack takes the lock over: it removes the lock and makes its own (owner
+    :data:`THIEF`). Done in one transaction, so the holder sees its lock or the new one and
+    never the moment between (which it would rightly call "removed"). ``heartbeat`` None: the
+    lock is removed only."""
+    with closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as con, con:
+        con.execute("delete from registered_model_tags where name = ?", (LOCK_NAME,))
+        con.execute("delete from registered_models where name = ?", (LOCK_NAME,))
+        if heartbeat is None:
+            return
+        con.execute(
+            "insert into registered_models (name, creation_time, last_updated_time, description)"
+            " values (?, 0, 0, 'held')",
+            (LOCK_NAME,),
+        )
+        con.executemany(
+            "insert into registered_model_tags (key, value, name) values (?, ?, ?)",
+            [("owner", THIEF, LOCK_NAME), ("heartbeat", heartbeat, LOCK_NAME)],
+        )
+
+
+@pytest.mark.parametrize("path", ["sql", "client"])
+def test_a_holder_keeps_its_lock_beat_after_beat(
+    new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(target_lock, "HEARTBEAT", 0.05)
+    uri = new_sqlite("target")
+    sink = _sink(uri, path)
+    holder = TargetLock(sink, say=lambda _: None)
+    holder.acquire()
+    try:
+        _beats(uri, 4)
+        holder.check()
+        assert holder.lost is None
+        assert holder._beat is not None and holder._beat.is_alive()
+        tags = _lock_tags(uri)
+        assert tags is not None and tags["owner"] == holder.owner
+    finally:
+        holder.release()
+        sink.close()
+    assert _lock_tags(uri) is None
+
+
+@pytest.mark.parametrize("path", ["sql", "client"])
+def test_a_holder_whose_lock_was_taken_over_stops(
+    new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The holder stood still for over STALE_AFTER (here: only as far as the lock can tell)
+    and another unpack took its lock over. Its next beat finds that lock, writes nothing into
+    it and stops; check() then names the new holder; release leaves the new lock alone.
+
+    The takeover lands just after one of the holder's beats: through MLflow's client a beat is
+    a read then a write, and a takeover between the two would get that one (harmless) write
+    (see _ClientModels.beat_if_owner). With plain SQL the beat is one transaction."""
+    monkeypatch.setattr(target_lock, "HEARTBEAT", 0.2)
+    uri = new_sqlite("target")
+    sink = _sink(uri, path)
+    holder = TargetLock(sink, say=lambda _: None)
+    holder.acquire()
+    theirs = {"owner": THIEF, "heartbeat": str(time.time())}
+    try:
+        _beats(uri, 1)
+        _take_over(uri, theirs["heartbeat"])
+        assert holder._beat is not None
+        holder._beat.join(30)  # the heartbeat ends when it finds the lock lost
+        assert not holder._beat.is_alive()
+        with pytest.raises(TargetError) as caught:
+            holder.check()
+        text = str(caught.value)
+        assert text.startswith(f"{sink.safe_uri}: the unpack lock was taken over by {THIEF} ")
+        assert "suspended" in text and "'exim-archive verify ARCHIVE --against URI'" in text
+        assert caught.value.exit_code == 6
+        assert _lock_tags(uri) == theirs  # no heartbeat of the old holder's in it
+    finally:
+        holder.release()
+        sink.close()
+    assert _lock_tags(uri) == theirs
+
+
+@pytest.mark.parametrize("path", ["sql", "client"])
+def test_a_holder_whose_lock_was_removed_stops(
+    new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Taken over and released again before the holder's next beat (or removed by hand):
+    gone is lost too, and the holder makes no new lock of it."""
+    monkeypatch.setattr(target_lock, "HEARTBEAT", 0.05)
+    uri = new_sqlite("target")
+    sink = _sink(uri, path)
+    holder = TargetLock(sink, say=lambda _: None)
+    holder.acquire()
+    try:
+        _take_over(uri, None)
+        assert holder._beat is not None
+        holder._beat.join(30)
+        assert not holder._beat.is_alive()
+        with pytest.raises(TargetError, match="the unpack lock was removed while this unpack"):
+            holder.check()
+    finally:
+        holder.release()
+        sink.close()
+    assert _lock_tags(uri) is None
+
+
+@pytest.mark.server
+def test_a_heartbeat_that_fails_for_a_while_keeps_the_lock(
+    target_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beat the target does not answer (here: three 503s on reading the lock) is no loss:
+    the heartbeat tries again and the lock stays the holder's."""
+    monkeypatch.setattr(target_lock, "HEARTBEAT", 0.05)
+    armed = threading.Event()
+    failed: list[str] = []
+
+    def rule(req: Request) -> Fault | None:
+        if armed.is_set() and req.route.endswith("/registered-models/get") and len(failed) < 3:
+            failed.append(req.route)
+            return Fault.of(503)
+        return None
+
+    client = MlflowClient(target_server.url)
+    with FaultProxy(target_server.url, rule) as proxy:
+        sink = MlflowSink(proxy.url)
+        holder = TargetLock(sink, say=lambda _: None)
+        holder.acquire()
+        try:
+            armed.set()
+            deadline = time.monotonic() + 30
+            while len(failed) < 3:
+                assert time.monotonic() < deadline, "the heartbeat stopped trying"
+                time.sleep(0.01)
+            before = client.get_registered_model(LOCK_NAME).tags["heartbeat"]
+            while client.get_registered_model(LOCK_NAME).tags["heartbeat"] == before:
+                assert time.monotonic() < deadline, "no beat landed after the failures"
+                time.sleep(0.01)
+            holder.check()
+            assert holder.lost is None
+            assert client.get_registered_model(LOCK_NAME).tags["owner"] == holder.owner
+        finally:
+            holder.release()
+            sink.close()
+    assert not [m for m in client.search_registered_models() if m.name == LOCK_NAME]
+
+
+@pytest.mark.parametrize("path", ["sql", "client"])
+def test_unpack_whose_lock_is_taken_over_mid_write_stops(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """After the first run is filled another unpack takes the lock over; once the holder's
+    heartbeat has found that out, the next run is not written and unpack fails with the lock
+    error. What landed is resumed by the next unpack, once the other one has finished."""
+    monkeypatch.setattr(target_lock, "HEARTBEAT", 0.05)
+    if path == "client":
+        monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
+    src = new_sqlite("src")
+    seed_bulk(src, "bulk", runs=4, points=20, artifact_root=tmp_path / "art")
+    archive = tmp_path / "a.exim"
+    pack(archive, tracking_uri=src)
+    target = new_sqlite("target")
+
+    unpack_module = importlib.import_module("exim_archive.unpack")  # the attribute is the function
+    fill = unpack_module._Unpacker.fill
+    stolen = threading.Event()
+
+    def fill_then_lose_the_lock(self: Any, item: Any) -> int:
+        points = int(fill(self, item))
+        if not stolen.is_set():
+            beat = next(t for t in threading.enumerate() if t.name == BEAT_THREAD)
+            _take_over(target, str(time.time()))
+            stolen.set()
+            beat.join(30)  # the holder's heartbeat has found the lock lost
+        return points
+
+    monkeypatch.setattr(unpack_module._Unpacker, "fill", fill_then_lose_the_lock)
+    with pytest.raises(TargetError, match=f"the unpack lock was taken over by {THIEF} ") as caught:
+        unpack(archive, tracking_uri=target)
+    assert stolen.is_set() and caught.value.exit_code == 6
+    tags = _lock_tags(target)
+    assert tags is not None and tags["owner"] == THIEF  # left to its holder
+    with closing(sqlite3.connect(target.removeprefix("sqlite:///"))) as con:
+        (incomplete,) = con.execute(
+            "select count(*) from tags where key = ?", (INCOMPLETE_TAG,)
+        ).fetchone()
+    assert incomplete >= 3, "runs after the first were written beside the new holder"
+
+    _take_over(target, None)  # the other unpack has finished
+    report = unpack(archive, tracking_uri=target)
+    assert report.runs_resumed >= 3 and report.runs_created == 0
+    assert snapshot(target, ["bulk"]) == snapshot(src, ["bulk"])
+    assert _lock_tags(target) is None

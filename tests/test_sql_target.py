@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from exim_archive import pack, unpack
 from exim_archive.lineage import SOURCE_RUN_TAG
 from exim_archive.sql_point_writer import valid_metric_name
 from exim_archive.sql_run_writer import append_path
+from exim_archive.sql_tables import REGISTERED_MODEL_TAGS, REGISTERED_MODELS
 from exim_archive.sql_target import SqlTarget, open_sql_target
 
 _TABLES = {
@@ -287,14 +289,18 @@ def test_experiment_name_taken_is_refused_as_mlflow_does(new_sqlite: NewStore) -
 
 
 def _lock_model_rows(uri: str) -> None:
-    """The lock's registered-model rows; removal only while the tags hold what was judged."""
+    """The lock's registered-model rows; removal only while the tags hold what was judged, a
+    heartbeat only while the owner is the one beating."""
     target = open_sql_target(uri, proxied=False)
     assert target is not None
     try:
         assert target.model_tags("lock") is None
+        assert not target.beat_if_owner("lock", "me", "0")  # nothing there
         assert target.create_model("lock", {"owner": "me", "heartbeat": "1"}, "held")
         assert not target.create_model("lock", {"owner": "you"}, "held")
-        target.set_model_tag("lock", "heartbeat", "2")
+        assert not target.beat_if_owner("lock", "you", "9")  # not yours: left, untouched
+        assert target.model_tags("lock") == {"owner": "me", "heartbeat": "1"}
+        assert target.beat_if_owner("lock", "me", "2")
         assert target.model_tags("lock") == {"owner": "me", "heartbeat": "2"}
         # judged stale at heartbeat 1, beat since; or another owner's: left, untouched
         assert not target.delete_model_if("lock", {"owner": "me", "heartbeat": "1"})
@@ -304,8 +310,37 @@ def _lock_model_rows(uri: str) -> None:
         assert target.model_tags("lock") is None
         assert not target.delete_model_if("lock", {"owner": "me"})  # nothing there
         assert target.create_model("lock", {"owner": "you"}, "held")  # the name is free
+        _beat_behind_a_takeover(target)
     finally:
         target.close()
+
+
+def _beat_behind_a_takeover(target: SqlTarget) -> None:
+    """A beat that comes while a takeover is removing the lock waits for it (the takeover holds
+    the heartbeat row, which the beat changes first) and then finds the lock gone: it writes
+    nothing. Had the beat come first, the takeover would find the heartbeat changed and leave
+    the lock (delete_model_if, above)."""
+    t = REGISTERED_MODEL_TAGS.c
+    mine = sa.and_(t.name == "lock2", t.workspace == "default")
+    assert target.create_model("lock2", {"owner": "me", "heartbeat": "1"}, "held")
+    beats: list[bool] = []
+    beat = threading.Thread(target=lambda: beats.append(target.beat_if_owner("lock2", "me", "2")))
+    with target.engine.connect() as conn, conn.begin():
+        # the first step of delete_model_if("lock2", {"owner": "me", "heartbeat": "1"})
+        claimed = conn.execute(
+            sa.update(REGISTERED_MODEL_TAGS)
+            .where(mine, t.key == "heartbeat", t.value == "1")
+            .values(value="1 (being removed)")
+        ).rowcount
+        assert claimed == 1
+        beat.start()
+        beat.join(1.0)
+        assert beat.is_alive(), "the beat did not wait for the takeover"
+        conn.execute(sa.delete(REGISTERED_MODEL_TAGS).where(mine))
+        conn.execute(sa.delete(REGISTERED_MODELS).where(REGISTERED_MODELS.c.name == "lock2"))
+    beat.join(30)
+    assert beats == [False]
+    assert target.model_tags("lock2") is None
 
 
 def test_lock_model_rows(new_sqlite: NewStore) -> None:
