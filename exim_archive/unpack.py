@@ -330,20 +330,22 @@ class _Unpacker:
     def _with_metrics(
         self, todo: list[RunRecord], existing: dict[str, ExistingRun | None]
     ) -> Iterator[_Item]:
-        """Pair each run to fill with its metric points, streaming the metrics table once."""
-        wanted = {r.run_id for r in todo}
+        """Pair each run to fill with its metric points, in run id order, streaming the metrics
+        table once: a merge of two sorted sequences (the table is in run id order), so runs
+        without points come out in their place between runs with points."""
         by_id = {r.run_id: r for r in todo}
-        done: set[str] = set()
+        order = sorted(by_id)
+        next_up = 0
         for run_id, points in self.reader.iter_run_metrics():
-            if run_id in wanted:
-                for earlier in sorted(wanted - done):
-                    if earlier >= run_id:
-                        break
-                    done.add(earlier)
-                    yield by_id[earlier], None, existing[earlier], False
-                done.add(run_id)
-                yield by_id[run_id], points, existing[run_id], False
-        for rest in sorted(wanted - done):
+            if run_id not in by_id:
+                continue
+            while order[next_up] < run_id:  # runs without points before this one
+                earlier = order[next_up]
+                yield by_id[earlier], None, existing[earlier], False
+                next_up += 1
+            next_up += 1  # order[next_up] is run_id
+            yield by_id[run_id], points, existing[run_id], False
+        for rest in order[next_up:]:
             yield by_id[rest], None, existing[rest], False
 
     def run(self) -> None:

@@ -88,3 +88,34 @@ def test_unpack_of_long_runs_by_reference(
     report = unpack(tmp_path / "a.exim", tracking_uri=new_sqlite("dst"), workers=2)
     assert sorted(sizes) == [1] * 2 + [50] * 32  # two referenced runs of 801 points
     assert report.metric_points == 2 * 801 + 7 and report.runs_checked == 3
+
+
+def test_runs_to_fill_meet_their_points_in_one_merge() -> None:
+    """``_Unpacker._with_metrics`` pairs each run to fill with its points and puts runs without
+    points in run id order between them, skipping points of runs not to fill. A merge of two
+    sorted sequences (it re-sorted the runs left for every run with points: hours at 100,000
+    runs). The archive reader is a stand-in that yields (run id, points) in run id order."""
+    from types import SimpleNamespace
+
+    from exim_archive.records import RunRecord
+
+    unpack_module = sys.modules["exim_archive.unpack"]
+    with_points = {"b": "pb", "c": "pc", "e": "pe", "z": "pz"}  # "z": a run not to fill
+    reader = SimpleNamespace(iter_run_metrics=lambda: iter(sorted(with_points.items())))
+    todo = [
+        RunRecord(i, "1", None, None, "FINISHED", None, None, "active", None)
+        for i in ("f", "a", "c", "b", "d", "e")
+    ]
+    existing = {r.run_id: None for r in todo}
+    items = list(
+        unpack_module._Unpacker._with_metrics(SimpleNamespace(reader=reader), todo, existing)
+    )
+    got = [(run.run_id, points) for run, points, _, _ in items]
+    assert got == [
+        ("a", None),
+        ("b", "pb"),
+        ("c", "pc"),
+        ("d", None),
+        ("e", "pe"),
+        ("f", None),
+    ]
