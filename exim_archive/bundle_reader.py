@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ from .records import ArtifactRecord, DatasetInputRecord, ExperimentRecord, RunRe
 
 __all__ = ["HELD_RUN_ROWS", "ArchiveReader", "RunPoints", "artifact_path_problem", "schema_problem"]
 
+RUNS_AT_A_TIME = 1000
+"""Runs :meth:`ArchiveReader.iter_runs` turns into Python objects at a time."""
 _PARQUET_ERRORS = (
     pa.ArrowException,
     OSError,
@@ -390,47 +392,32 @@ class ArchiveReader:
         ]
 
     def runs(self) -> list[RunRecord]:
-        params = _grouped(self.read_table(T.RUN_PARAMS), "run_id")
-        tags = _grouped(self.read_table(T.RUN_TAGS), "run_id")
-        input_tags: dict[tuple[str, str, str], list[tuple[str, str]]] = defaultdict(list)
-        for row in self.read_table(T.DATASET_INPUT_TAGS).to_pylist():
-            ident = (row["run_id"], row["dataset_name"], row["dataset_digest"])
-            input_tags[ident].append((row["key"], row["value"]))
-        inputs: dict[str, list[DatasetInputRecord]] = defaultdict(list)
-        for row in self.read_table(T.DATASET_INPUTS).to_pylist():
-            ident = (row["run_id"], row["dataset_name"], row["dataset_digest"])
-            inputs[row["run_id"]].append(
-                DatasetInputRecord(
-                    name=row["dataset_name"],
-                    digest=row["dataset_digest"],
-                    source_type=row["source_type"],
-                    source=row["source"],
-                    schema=row["schema"],
-                    profile=row["profile"],
-                    tags=tuple(input_tags.get(ident, ())),
-                )
-            )
-        return [
-            RunRecord(
-                run_id=row["run_id"],
-                experiment_id=row["experiment_id"],
-                run_name=row["run_name"],
-                user_id=row["user_id"],
-                status=row["status"],
-                start_time=row["start_time"],
-                end_time=row["end_time"],
-                lifecycle_stage=row["lifecycle_stage"],
-                artifact_uri=row["artifact_uri"],
-                params=tuple(params.get(row["run_id"], ())),
-                tags=tuple(tags.get(row["run_id"], ())),
-                inputs=tuple(inputs.get(row["run_id"], ())),
-                source_json=row["source_json"],
-            )
-            for row in self.read_table(T.RUNS).to_pylist()
-        ]
+        return [run for chunk in self.iter_runs() for run in chunk]
 
-    def artifacts(self) -> list[ArtifactRecord]:
-        return [ArtifactRecord(**row) for row in self.read_table(T.ARTIFACTS).to_pylist()]
+    def iter_runs(self, chunk: int = RUNS_AT_A_TIME) -> Iterator[list[RunRecord]]:
+        """The runs in archive (run_id) order, ``chunk`` at a time. The tables stay Arrow; only
+        one chunk's rows become Python objects, so a caller that lets each chunk go holds one
+        chunk's runs whatever the number of runs."""
+        runs = self.read_table(T.RUNS)
+        tables = [
+            self.read_table(spec)
+            for spec in (T.RUN_PARAMS, T.RUN_TAGS, T.DATASET_INPUT_TAGS, T.DATASET_INPUTS)
+        ]
+        for start in range(0, runs.num_rows, chunk):
+            rows = runs.slice(start, chunk)
+            whole = start == 0 and rows.num_rows == runs.num_rows
+            ids = rows.column("run_id").combine_chunks()
+            params, tags, input_tag_rows, input_rows = (
+                t if whole else _of_runs(t, ids) for t in tables
+            )
+            yield _run_records(rows, params, tags, input_tag_rows, input_rows)
+
+    def artifacts(self, of_runs: Collection[str] | None = None) -> list[ArtifactRecord]:
+        """The archive's run artifacts; ``of_runs``: those of these runs only."""
+        table = self.read_table(T.ARTIFACTS)
+        if of_runs is not None:
+            table = _of_runs(table, pa.array(list(of_runs), pa.string()))
+        return [ArtifactRecord(**row) for row in table.to_pylist()]
 
     def model_artifacts(self) -> list[ArtifactRecord]:
         """The logged models' files, as records whose ``run_id`` holds the model id."""
@@ -602,6 +589,59 @@ def _reason(exc: BaseException) -> str:
 def _version(text: str) -> tuple[int, int]:
     major, _, minor = text.partition(".")
     return int(major), int(minor or 0)
+
+
+def _of_runs(table: pa.Table, run_ids: pa.Array) -> pa.Table:
+    """The rows of ``table`` whose ``run_id`` is one of ``run_ids``."""
+    return table.filter(pc.is_in(table.column("run_id"), value_set=run_ids))
+
+
+def _run_records(
+    runs: pa.Table,
+    params_table: pa.Table,
+    tags_table: pa.Table,
+    input_tags_table: pa.Table,
+    inputs_table: pa.Table,
+) -> list[RunRecord]:
+    """Run records of the rows of ``runs``, with their rows of the other tables."""
+    params = _grouped(params_table, "run_id")
+    tags = _grouped(tags_table, "run_id")
+    input_tags: dict[tuple[str, str, str], list[tuple[str, str]]] = defaultdict(list)
+    for row in input_tags_table.to_pylist():
+        ident = (row["run_id"], row["dataset_name"], row["dataset_digest"])
+        input_tags[ident].append((row["key"], row["value"]))
+    inputs: dict[str, list[DatasetInputRecord]] = defaultdict(list)
+    for row in inputs_table.to_pylist():
+        ident = (row["run_id"], row["dataset_name"], row["dataset_digest"])
+        inputs[row["run_id"]].append(
+            DatasetInputRecord(
+                name=row["dataset_name"],
+                digest=row["dataset_digest"],
+                source_type=row["source_type"],
+                source=row["source"],
+                schema=row["schema"],
+                profile=row["profile"],
+                tags=tuple(input_tags.get(ident, ())),
+            )
+        )
+    return [
+        RunRecord(
+            run_id=row["run_id"],
+            experiment_id=row["experiment_id"],
+            run_name=row["run_name"],
+            user_id=row["user_id"],
+            status=row["status"],
+            start_time=row["start_time"],
+            end_time=row["end_time"],
+            lifecycle_stage=row["lifecycle_stage"],
+            artifact_uri=row["artifact_uri"],
+            params=tuple(params.get(row["run_id"], ())),
+            tags=tuple(tags.get(row["run_id"], ())),
+            inputs=tuple(inputs.get(row["run_id"], ())),
+            source_json=row["source_json"],
+        )
+        for row in runs.to_pylist()
+    ]
 
 
 def _grouped(table: pa.Table, column: str) -> dict[str, list[tuple[str, str]]]:

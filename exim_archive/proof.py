@@ -48,6 +48,9 @@ __all__ = ["ProofReport", "check_against"]
 
 MAX_PROBLEMS = 100
 LIST_WORKERS = 16
+CHUNK_RUNS = 1000
+"""Runs checked together: the proof holds this many runs' records at a time (and, for every
+run, only its copies' ids and its distinct point counts per key)."""
 _PARENT = "mlflow.parentRunId"
 
 
@@ -157,9 +160,10 @@ def check_against(
 ) -> ProofReport:
     """Check that ``tracking_uri`` holds everything in ``archive`` (as unpack writes it).
 
-    The target is read the way ``pack`` reads a source, in bulk: runs with their params and tags
-    from ``search_runs`` pages, histories through :class:`HistoryReader`, then one artifact
-    listing per run.
+    The target is read the way ``pack`` reads a source, in bulk: first the ids of its runs and
+    their source-run tags, then, :data:`CHUNK_RUNS` of the archive's runs at a time, the copies'
+    params and tags by id, their histories through :class:`HistoryReader` and one artifact
+    listing per run with files.
     """
     uri = resolve_tracking_uri(tracking_uri) if sink is None else sink.uri
     report = ProofReport(os.fspath(archive), redact_uri(uri))
@@ -173,14 +177,8 @@ def check_against(
             uri, sink.artifact_roots, error=TargetError, hint=hint
         ) or MlflowSource(uri, error=TargetError, hint=hint)
         cleanup.callback(target.close)
-        files: dict[str, dict[str, int]] = defaultdict(dict)
-        records: dict[str, list[ArtifactRecord]] = defaultdict(list)
-        for art in reader.artifacts():
-            files[art.run_id][art.path] = art.size
-            records[art.run_id].append(art)
         points = _distinct_points(reader)
         rows = reader.metric_rows_per_run()
-        created_at = reader.manifest.created_at
         experiment_ids = []
         experiment_map: dict[str, str] = {}
         for exp in reader.experiments():
@@ -195,62 +193,110 @@ def check_against(
                     f"experiment {exp.name!r}: is {found.lifecycle_stage} in the target, "
                     f"{exp.lifecycle_stage} here"
                 )
-        copies: dict[str, list[RunRecord]] = defaultdict(list)
+        # The target's copies by source run id, smallest run id first: ids only, so what the
+        # proof holds per run stays small; the runs themselves are read a chunk at a time.
+        copies: dict[str, list[str]] = defaultdict(list)
         others: set[str] = set()  # runs no unpack made
-        for copy in target.runs(experiment_ids):
-            source_id = dict(copy.tags).get(SOURCE_RUN_TAG)
-            if source_id is not None:
-                copies[source_id].append(copy)
-            else:
-                others.add(copy.run_id)
-        run_ids = {source: found[0].run_id for source, found in copies.items()}
-        wanted = [found[0] for found in copies.values()]
-        counts = _target_counts(target, wanted, workers)
-        # Only runs with files in the archive are listed, many at once: a listing is one call
-        # per folder, each mostly waiting on the server (~45 ms on a default mlflow server).
-        with_files = [found[0] for source, found in copies.items() if files.get(source)]
-        listed = dict(
-            ordered_map(
-                lambda r: (r.run_id, sink.files(r.run_id, r.artifact_uri)),
-                with_files,
-                max(workers, LIST_WORKERS),
-            )
-        )
-        for run in reader.runs():
-            twins = copies.get(run.run_id, [])
-            if not twins and dict(run.tags).get(SOURCE_RUN_TAG) in others:
-                report.runs_checked += 1  # a copy of a target run: unpack leaves that run
-                continue
-            if len(twins) > 1:
-                report.add(f"run {run.run_id}: {len(twins)} copies in the target")
-            got = None
-            if twins:
-                copy = twins[0]
-                state = source_state(run, rows.get(run.run_id, 0), records[run.run_id])
-                if newer_copy(dict(copy.tags).get(STATE_TAG), created_at, state):
-                    report.runs_checked += 1  # made from a newer archive: unpack leaves it
-                    continue
-                got = RunContents(
-                    lifecycle_stage=copy.lifecycle_stage,
-                    params=dict(copy.params),
-                    tags=dict(copy.tags),
-                    points=counts.get(copy.run_id, {}),
-                    files=listed.get(copy.run_id, {}),
-                )
-            check_run(
-                report,
-                run,
-                got,
-                points.get(run.run_id, {}),
-                files.get(run.run_id, {}),
-                run_ids,
-            )
-            report.runs_checked += 1
+        for experiment_id in experiment_ids:
+            for run_id, _, tags in sink.runs_of(experiment_id):
+                source_id = tags.get(SOURCE_RUN_TAG)
+                if source_id is not None:
+                    copies[source_id].append(run_id)
+                else:
+                    others.add(run_id)
+        for ids in copies.values():
+            ids.sort()
+        run_ids = {source: ids[0] for source, ids in copies.items()}
+        known = _Target(target, sink, experiment_ids, copies, others, run_ids, workers)
+        for chunk in reader.iter_runs(CHUNK_RUNS):
+            _check_chunk(report, chunk, known, reader, points, rows)
         from .family_proof import check_families  # the family modules load only when needed
 
         writer = sink  # the sink as a name the lambda keeps (its client opens only for families)
         check_families(report, reader, lambda: writer.client, sink.call, uri, experiment_map)
     return report
+
+
+@dataclass
+class _Target:
+    """What the proof knows of the target for every chunk of runs."""
+
+    source: MlflowSource | SqlSource
+    sink: MlflowSink
+    experiment_ids: list[str]
+    copies: dict[str, list[str]]
+    """Target run ids of each source run's copies, smallest first."""
+    others: set[str]
+    """Ids of the target's runs that no unpack made."""
+    run_ids: dict[str, str]
+    """Source run id -> the copy checked (the smallest id)."""
+    workers: int
+
+
+def _check_chunk(
+    report: ProofReport,
+    chunk: list[RunRecord],
+    target: _Target,
+    reader: ArchiveReader,
+    points: dict[str, dict[str, int]],
+    rows: dict[str, int],
+) -> None:
+    """Check one chunk of the archive's runs: their copies, counts, files and listings are read
+    for these runs only."""
+    created_at = reader.manifest.created_at
+    files: dict[str, dict[str, int]] = defaultdict(dict)
+    records: dict[str, list[ArtifactRecord]] = defaultdict(list)
+    for art in reader.artifacts(of_runs=[r.run_id for r in chunk]):
+        files[art.run_id][art.path] = art.size
+        records[art.run_id].append(art)
+    wanted = [target.run_ids[r.run_id] for r in chunk if r.run_id in target.run_ids]
+    found = {run.run_id: run for run in target.source.runs_by_id(target.experiment_ids, wanted)}
+    counts = _target_counts(target.source, list(found.values()), target.workers)
+    # Only runs with files in the archive are listed, many at once: a listing is one call
+    # per folder, each mostly waiting on the server (~45 ms on a default mlflow server).
+    with_files = [
+        found[target.run_ids[r.run_id]]
+        for r in chunk
+        if files.get(r.run_id) and target.run_ids.get(r.run_id) in found
+    ]
+    sink = target.sink
+    listed = dict(
+        ordered_map(
+            lambda r: (r.run_id, sink.files(r.run_id, r.artifact_uri)),
+            with_files,
+            max(target.workers, LIST_WORKERS),
+        )
+    )
+    for run in chunk:
+        twins = target.copies.get(run.run_id, [])
+        if not twins and dict(run.tags).get(SOURCE_RUN_TAG) in target.others:
+            report.runs_checked += 1  # a copy of a target run: unpack leaves that run
+            continue
+        if len(twins) > 1:
+            report.add(f"run {run.run_id}: {len(twins)} copies in the target")
+        got = None
+        copy = found.get(twins[0]) if twins else None
+        if copy is not None:
+            state = source_state(run, rows.get(run.run_id, 0), records[run.run_id])
+            if newer_copy(dict(copy.tags).get(STATE_TAG), created_at, state):
+                report.runs_checked += 1  # made from a newer archive: unpack leaves it
+                continue
+            got = RunContents(
+                lifecycle_stage=copy.lifecycle_stage,
+                params=dict(copy.params),
+                tags=dict(copy.tags),
+                points=counts.get(copy.run_id, {}),
+                files=listed.get(copy.run_id, {}),
+            )
+        check_run(
+            report,
+            run,
+            got,
+            points.get(run.run_id, {}),
+            files.get(run.run_id, {}),
+            target.run_ids,
+        )
+        report.runs_checked += 1
 
 
 def _target_counts(

@@ -275,7 +275,7 @@ class MlflowSink:
         """Runs an earlier unpack made here (by source run id), and the ids of the other runs."""
         ours: dict[str, ExistingRun] = {}
         foreign: set[str] = set()
-        for run_id, stage, tags in self._runs_of(experiment_id, source_run_id):
+        for run_id, stage, tags in self.runs_of(experiment_id, source_run_id):
             source_id = tags.get(SOURCE_RUN_TAG)
             if source_id is None:
                 foreign.add(run_id)
@@ -292,11 +292,12 @@ class MlflowSink:
                 ours[source_id] = found
         return ours, foreign
 
-    def _runs_of(
-        self, experiment_id: str, source_run_id: str | None
+    def runs_of(
+        self, experiment_id: str, source_run_id: str | None = None
     ) -> Iterator[tuple[str, str, Mapping[str, str]]]:
         """``(run id, lifecycle stage, tags)`` of every run of the experiment (deleted ones
-        too), or of those made from ``source_run_id``."""
+        too), or of those made from ``source_run_id``. The tags hold unpack's bookkeeping tags
+        (on a database written with plain SQL, only those)."""
         direct = self.direct
         if direct is not None:
             keys = (SOURCE_RUN_TAG, INCOMPLETE_TAG, STATE_TAG)

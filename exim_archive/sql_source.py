@@ -46,6 +46,18 @@ DRIVERS = {"sqlite": "sqlite3", "postgresql": "psycopg", "mysql": "pymysql"}
 ``postgresql:``, and ``mysql+pymysql:``. A URI naming another driver goes through MLflow."""
 _PACK_HINT = "check the database and the URI, then run pack again"
 _RUNS_PER_QUERY = 500
+_RUN_COLUMNS = (
+    "run_uuid",
+    "experiment_id",
+    "name",
+    "user_id",
+    "status",
+    "start_time",
+    "end_time",
+    "lifecycle_stage",
+    "artifact_uri",
+)
+"""The ``runs`` columns a run record is made of, in :meth:`SqlSource._run_records`' order."""
 _FAMILY_TABLES = ("logged_models", "registered_models", "trace_info", "evaluation_datasets")
 """Tables whose rows need MLflow's readers (:mod:`.registry`, :mod:`.traces`, ...)."""
 _RUN_STATUS = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
@@ -271,26 +283,32 @@ class SqlSource:
         out: list[RunRecord] = []
         for start in range(0, len(experiment_ids), _RUNS_PER_QUERY):
             ids = [int(e) for e in experiment_ids[start : start + _RUNS_PER_QUERY]]
-            columns = db.q(
-                "run_uuid",
-                "experiment_id",
-                "name",
-                "user_id",
-                "status",
-                "start_time",
-                "end_time",
-                "lifecycle_stage",
-                "artifact_uri",
-            )
             rows = self._rows(
                 f"listing runs of experiments {', '.join(map(str, ids))}",
-                f"SELECT {columns} FROM {db.q('runs')} WHERE {db.q('experiment_id')} "
+                f"SELECT {db.q(*_RUN_COLUMNS)} FROM {db.q('runs')} WHERE {db.q('experiment_id')} "
                 f"IN ({db.marks(len(ids))})",
                 ids,
             )
             for batch_start in range(0, len(rows), _RUNS_PER_QUERY):
                 batch = rows[batch_start : batch_start + _RUNS_PER_QUERY]
                 out.extend(self._run_records(batch))
+        out.sort(key=lambda r: r.run_id)
+        return out
+
+    def runs_by_id(self, experiment_ids: list[str], run_ids: list[str]) -> list[RunRecord]:
+        """The runs with these ids (deleted included), sorted by run_id; ids not found are left
+        out. ``experiment_ids``: where they are (the HTTP source needs them; not used here)."""
+        db = self.db
+        out: list[RunRecord] = []
+        for start in range(0, len(run_ids), _RUNS_PER_QUERY):
+            ids = run_ids[start : start + _RUNS_PER_QUERY]
+            rows = self._rows(
+                f"reading {len(ids)} runs",
+                f"SELECT {db.q(*_RUN_COLUMNS)} FROM {db.q('runs')} WHERE {db.q('run_uuid')} "
+                f"IN ({db.marks(len(ids))})",
+                ids,
+            )
+            out.extend(self._run_records(rows))
         out.sort(key=lambda r: r.run_id)
         return out
 

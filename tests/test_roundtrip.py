@@ -357,11 +357,28 @@ def test_file_store_to_sqlite(
     assert snapshot(dst, names) == as_sql_keeps(snapshot(src, names))
 
 
+@pytest.mark.parametrize(
+    ("chunk", "sql"),
+    [(1000, True), (2, True), (2, False)],
+    ids=["one-chunk", "chunks-of-2-sql", "chunks-of-2-mlflow"],
+)
 def test_verify_against_finds_what_the_target_lost(
-    tmp_path: Path, new_sqlite: NewStore, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    new_sqlite: NewStore,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: int,
+    sql: bool,
 ) -> None:
+    """Also with the archive's runs checked two at a time (proof.CHUNK_RUNS: the target's
+    runs read by id, a chunk at a time), by plain SQL and through MLflow's store."""
     import sqlite3
 
+    from exim_archive import proof
+
+    monkeypatch.setattr(proof, "CHUNK_RUNS", chunk)
+    if not sql:
+        monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
     src, dst = new_sqlite("src"), new_sqlite("dst")
     seed_rich(src, "v", tmp_path / "art")
     archive = str(tmp_path / "a.exim")
