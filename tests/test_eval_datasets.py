@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import mlflow
 import pytest
+from families_workload import global_uri
 from mlflow import MlflowClient
 
 from exim_archive.errors import SourceError, TargetError
@@ -28,23 +25,6 @@ ORIGIN = Origin(
     source_tracking_uri="http://source.example:5000",
     created_at="2026-01-02T03:04:05Z",
 )
-
-
-@contextmanager
-def fluent_tracking_uri(url: str) -> Iterator[None]:
-    """``mlflow.genai.datasets`` and ``EvaluationDataset.merge_records`` use the process-wide
-    tracking URI; point it at ``url`` for the block, then put back what was there."""
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-
-    saved = tracking_utils._tracking_uri
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(url)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved)
-        if saved_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 RECORDS: list[dict[str, Any]] = [
@@ -75,7 +55,7 @@ def make_source(url: str, unique: str) -> tuple[str, str, str]:
     client = MlflowClient(url)
     e1 = client.create_experiment(f"eval-{unique}-a")
     e2 = client.create_experiment(f"eval-{unique}-b")
-    with fluent_tracking_uri(url):
+    with global_uri(url):
         dataset = create_dataset(
             name=f"qa-{unique}",
             experiment_id=[e1, e2],
