@@ -54,6 +54,9 @@ FAMILY_COUNTS = {
 they are the ``registered_models`` rows of kind ``prompt``, included in that count)."""
 
 ROW_GROUP_ROWS = 65_536
+RUNS_HELD = 1000
+"""Runs the writer holds as Python records before it turns them into Arrow (a pack's memory
+per run stays a few hundred bytes, whatever the number of runs)."""
 METRIC_PART_ROWS = 64 * ROW_GROUP_ROWS
 ZSTD_LEVEL = 3
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -264,6 +267,12 @@ class ArchiveWriter:
         self._selection = dict(selection)
         self._experiments: list[ExperimentRecord] = []
         self._runs: list[RunRecord] = []
+        """Runs added since the last :meth:`_flush_runs`."""
+        self._run_parts: dict[str, list[pa.Table]] = defaultdict(list)
+        """The run tables so far, :data:`RUNS_HELD` runs a part: Arrow, not Python objects."""
+        self._last_run_id = ""
+        self._run_count = 0
+        self._deleted_runs = 0
         self._artifacts: list[ArtifactRecord] = []
         self._blobs: dict[str, tuple[str, str]] = {}
         self._held: dict[str, bytes] = {}
@@ -284,9 +293,14 @@ class ArchiveWriter:
     ) -> None:
         """Add a run and its metric points; runs must come in ``run_id`` order. ``metrics`` is
         one table, or tables one metric key each in key (UTF-8 byte) order."""
-        if self._runs and record.run_id <= self._runs[-1].run_id:
+        if self._run_count and record.run_id <= self._last_run_id:
             raise ValueError("runs must be added in increasing run_id order")
+        self._last_run_id = record.run_id
+        self._run_count += 1
+        self._deleted_runs += record.deleted
         self._runs.append(record)
+        if len(self._runs) >= RUNS_HELD:
+            self._flush_runs()
         for part in [metrics] if isinstance(metrics, pa.Table) else metrics or []:
             self._add_points(part)
 
@@ -379,17 +393,35 @@ class ArchiveWriter:
 
     # -- finishing ----------------------------------------------------------------------------
 
+    def _flush_runs(self) -> None:
+        """Turn the runs held as records into parts of the run tables (always one part, maybe
+        empty, per table)."""
+        runs = self._runs
+        if not runs and self._run_parts:
+            return
+        rows = _run_rows(runs)
+        for spec in _RUN_TABLES:
+            self._run_parts[spec.name].append(
+                pa.Table.from_pylist(rows[spec.name], schema=spec.schema)
+            )
+        self._runs = []
+
     def _write_table(self, spec: T.TableSpec, rows: Iterable[dict[str, Any]]) -> TableEntry:
-        table = pa.Table.from_pylist(list(rows), schema=spec.schema)
+        return self._write_arrow(spec, pa.Table.from_pylist(list(rows), schema=spec.schema))
+
+    def _write_arrow(self, spec: T.TableSpec, table: pa.Table) -> TableEntry:
+        """Sort ``table`` by the table's key and write it; one chunk first, so its layout in
+        memory (how many parts it came in) cannot reach the file."""
         if table.num_rows:
-            table = table.sort_by([(c, "ascending") for c in spec.sort_key])
+            table = table.combine_chunks().sort_by([(c, "ascending") for c in spec.sort_key])
         writer = _parquet_writer(self._staging / spec.member, spec)
         writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         writer.close()
         return TableEntry(spec.name, (spec.member,), table.num_rows, T.SCHEMA_VERSION)
 
     def _tables(self) -> dict[str, TableEntry]:
-        exps, runs = self._experiments, self._runs
+        exps = self._experiments
+        self._flush_runs()
         entries = [
             self._write_table(
                 T.EXPERIMENTS,
@@ -414,62 +446,9 @@ class ArchiveWriter:
                     for k, v in e.tags
                 ),
             ),
-            self._write_table(
-                T.RUNS,
-                (
-                    {
-                        "run_id": r.run_id,
-                        "experiment_id": r.experiment_id,
-                        "run_name": r.run_name,
-                        "user_id": r.user_id,
-                        "status": r.status,
-                        "start_time": r.start_time,
-                        "end_time": r.end_time,
-                        "lifecycle_stage": r.lifecycle_stage,
-                        "artifact_uri": r.artifact_uri,
-                        "source_json": r.source_json,
-                    }
-                    for r in runs
-                ),
-            ),
-            self._write_table(
-                T.RUN_PARAMS,
-                ({"run_id": r.run_id, "key": k, "value": v} for r in runs for k, v in r.params),
-            ),
-            self._write_table(
-                T.RUN_TAGS,
-                ({"run_id": r.run_id, "key": k, "value": v} for r in runs for k, v in r.tags),
-            ),
-            self._write_table(
-                T.DATASET_INPUTS,
-                (
-                    {
-                        "run_id": r.run_id,
-                        "dataset_name": d.name,
-                        "dataset_digest": d.digest,
-                        "source_type": d.source_type,
-                        "source": d.source,
-                        "schema": d.schema,
-                        "profile": d.profile,
-                    }
-                    for r in runs
-                    for d in r.inputs
-                ),
-            ),
-            self._write_table(
-                T.DATASET_INPUT_TAGS,
-                (
-                    {
-                        "run_id": r.run_id,
-                        "dataset_name": d.name,
-                        "dataset_digest": d.digest,
-                        "key": k,
-                        "value": v,
-                    }
-                    for r in runs
-                    for d in r.inputs
-                    for k, v in d.tags
-                ),
+            *(
+                self._write_arrow(spec, pa.concat_tables(self._run_parts[spec.name]))
+                for spec in _RUN_TABLES
             ),
             self._write_table(
                 T.ARTIFACTS,
@@ -502,8 +481,8 @@ class ArchiveWriter:
             "experiments": len(self._experiments),
             "deleted_experiments": sum(e.deleted for e in self._experiments),
             "experiment_tags": tables["experiment_tags"].rows,
-            "runs": len(self._runs),
-            "deleted_runs": sum(r.deleted for r in self._runs),
+            "runs": self._run_count,
+            "deleted_runs": self._deleted_runs,
             "params": tables["run_params"].rows,
             "tags": tables["run_tags"].rows,
             "dataset_inputs": tables["dataset_inputs"].rows,
@@ -557,6 +536,61 @@ class ArchiveWriter:
         self._held.clear()
         shutil.rmtree(self._staging, ignore_errors=True)
         self._partial.unlink(missing_ok=True)
+
+
+_RUN_TABLES = (T.RUNS, T.RUN_PARAMS, T.RUN_TAGS, T.DATASET_INPUTS, T.DATASET_INPUT_TAGS)
+
+
+def _run_rows(runs: list[RunRecord]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of :data:`_RUN_TABLES` that ``runs`` make, by table name."""
+    return {
+        T.RUNS.name: [
+            {
+                "run_id": r.run_id,
+                "experiment_id": r.experiment_id,
+                "run_name": r.run_name,
+                "user_id": r.user_id,
+                "status": r.status,
+                "start_time": r.start_time,
+                "end_time": r.end_time,
+                "lifecycle_stage": r.lifecycle_stage,
+                "artifact_uri": r.artifact_uri,
+                "source_json": r.source_json,
+            }
+            for r in runs
+        ],
+        T.RUN_PARAMS.name: [
+            {"run_id": r.run_id, "key": k, "value": v} for r in runs for k, v in r.params
+        ],
+        T.RUN_TAGS.name: [
+            {"run_id": r.run_id, "key": k, "value": v} for r in runs for k, v in r.tags
+        ],
+        T.DATASET_INPUTS.name: [
+            {
+                "run_id": r.run_id,
+                "dataset_name": d.name,
+                "dataset_digest": d.digest,
+                "source_type": d.source_type,
+                "source": d.source,
+                "schema": d.schema,
+                "profile": d.profile,
+            }
+            for r in runs
+            for d in r.inputs
+        ],
+        T.DATASET_INPUT_TAGS.name: [
+            {
+                "run_id": r.run_id,
+                "dataset_name": d.name,
+                "dataset_digest": d.digest,
+                "key": k,
+                "value": v,
+            }
+            for r in runs
+            for d in r.inputs
+            for k, v in d.tags
+        ],
+    }
 
 
 def _zip_info(name: str, size: int) -> zipfile.ZipInfo:

@@ -75,31 +75,44 @@ def _producer() -> dict[str, str]:
 
 CHUNK_POINTS = 2_000_000
 CHUNK_RUNS = 500
+RUNS_AT_A_TIME = 1000
+"""Run records read from the source at a time (each read then split by :func:`_chunks`)."""
 PREFETCH_RUNS = 64
 """Runs whose artifact files may be downloaded ahead of the run being written (over HTTP)."""
 
 
-def _note_unfinished(runs: list[RunRecord], notes: list[str]) -> None:
-    """Say so when the source holds runs an unpack was still writing (the source is itself an
-    unpack's target): they are packed as they are, possibly partial."""
-    unfinished = [run.run_id for run in runs if dict(run.tags).get(INCOMPLETE_TAG)]
+def _unfinished(runs: list[RunRecord]) -> list[str]:
+    """Runs an unpack into this source (itself an unpack's target) was still writing."""
+    return [run.run_id for run in runs if dict(run.tags).get(INCOMPLETE_TAG)]
+
+
+def _running(runs: list[RunRecord]) -> list[str]:
+    """Runs still RUNNING: their copies hold what they have now, until a later pack's unpack
+    updates them (spec/1.0/unpack.md §3)."""
+    return [run.run_id for run in runs if run.status == "RUNNING" and not run.deleted]
+
+
+def _notes(unfinished: list[str], running: list[str], notes: list[str]) -> None:
     if unfinished:
         notes.append(
             f"{len(unfinished)} run(s) (first: {unfinished[0]}) carry {INCOMPLETE_TAG}: an unpack "
             "into this source was writing them or was stopped; they are packed as they are, "
             "possibly partial (finish that unpack, then pack again)"
         )
-
-
-def _note_running(runs: list[RunRecord], notes: list[str]) -> None:
-    """Say so when runs are still RUNNING: their copies hold what they have now, until a later
-    pack's unpack updates them (spec/1.0/unpack.md §3)."""
-    running = [run.run_id for run in runs if run.status == "RUNNING" and not run.deleted]
     if running:
         notes.append(
             f"{len(running)} run(s) (first: {running[0]}) are RUNNING: packed as they are now; "
             "pack again once they end, and unpack that archive too, to move their final state"
         )
+
+
+def _records(
+    source: MlflowSource | SqlSource, experiment_ids: list[str], run_ids: list[str]
+) -> Iterator[list[RunRecord]]:
+    """The runs of ``run_ids`` (sorted), read :data:`RUNS_AT_A_TIME` at a time: a pack holds
+    one such chunk of run records, whatever the number of runs."""
+    for start in range(0, len(run_ids), RUNS_AT_A_TIME):
+        yield source.runs_by_id(experiment_ids, run_ids[start : start + RUNS_AT_A_TIME])
 
 
 def _chunks(runs: list[RunRecord]) -> Iterator[list[RunRecord]]:
@@ -209,9 +222,8 @@ def pack(
     with closing(source):  # a database connection of its own (SqlSource)
         families = not isinstance(source, SqlSource) or source.families_present()
         selected = source.experiments(experiments or None)
-        runs = source.runs([e.experiment_id for e in selected])
-        _note_unfinished(runs, source.notes)
-        _note_running(runs, source.notes)
+        experiment_ids = [e.experiment_id for e in selected]
+        run_ids = source.run_ids(experiment_ids)
         writer = ArchiveWriter(
             archive,
             created_at=_created_at(),
@@ -219,7 +231,7 @@ def pack(
             source=source.describe(),
             selection={
                 "experiments": list(experiments) if experiments else None,
-                "experiment_ids": [e.experiment_id for e in selected],
+                "experiment_ids": experiment_ids,
                 "artifacts": artifacts,
                 "families": [f for f in FAMILIES if f not in leave_out],
             },
@@ -230,7 +242,7 @@ def pack(
         try:
             for exp in selected:
                 writer.add_experiment(exp)
-            bar = Progress("pack", len(runs), enabled=progress)
+            bar = Progress("pack", len(run_ids), enabled=progress)
 
             def fetch(run: RunRecord) -> tuple[RunRecord, list[tuple[str, Path]]]:
                 files = source.download_artifacts(run, downloads / run.run_id) if artifacts else []
@@ -239,26 +251,32 @@ def pack(
             # Over HTTP both reads wait on the server: a chunk's histories are read on a thread
             # of their own while up to PREFETCH_RUNS runs' files download.
             overlap = artifacts and isinstance(source, MlflowSource) and source.kind == "http"
-            for chunk in _chunks(runs):
-                read = partial(source.metric_histories, chunk, workers)
-                with in_background(read) if overlap else nullcontext(read) as histories_of:
-                    ahead = PREFETCH_RUNS if overlap else None
-                    histories: dict[str, Any] | None = None
-                    for run, files in _fetched(fetch, chunk, source, artifacts, workers, ahead):
-                        histories = histories_of() if histories is None else histories
-                        writer.add_run(run, histories.pop(run.run_id))
-                        for path, local in files:
-                            writer.add_artifact(run.run_id, path, local)
-                        shutil.rmtree(downloads / run.run_id, ignore_errors=True)
-                        bar.advance()
+            unfinished: list[str] = []
+            running: list[str] = []
+            for records in _records(source, experiment_ids, run_ids):
+                unfinished += _unfinished(records)
+                running += _running(records)
+                for chunk in _chunks(records):
+                    read = partial(source.metric_histories, chunk, workers)
+                    with in_background(read) if overlap else nullcontext(read) as histories_of:
+                        ahead = PREFETCH_RUNS if overlap else None
+                        histories: dict[str, Any] | None = None
+                        for run, files in _fetched(fetch, chunk, source, artifacts, workers, ahead):
+                            histories = histories_of() if histories is None else histories
+                            writer.add_run(run, histories.pop(run.run_id))
+                            for path, local in files:
+                                writer.add_artifact(run.run_id, path, local)
+                            shutil.rmtree(downloads / run.run_id, ignore_errors=True)
+                            bar.advance()
             bar.close()
+            _notes(unfinished, running, source.notes)
             if families:
                 scope = PackScope(
                     client=source.client,
                     call=source.call,
                     tracking_uri=source.uri,
-                    experiment_ids=[e.experiment_id for e in selected],
-                    run_ids=frozenset(r.run_id for r in runs),
+                    experiment_ids=experiment_ids,
+                    run_ids=frozenset(run_ids),
                     everything=not experiments,
                     notes=source.notes,
                     workers=workers,

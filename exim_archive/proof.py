@@ -197,13 +197,11 @@ def check_against(
         # proof holds per run stays small; the runs themselves are read a chunk at a time.
         copies: dict[str, list[str]] = defaultdict(list)
         others: set[str] = set()  # runs no unpack made
-        for experiment_id in experiment_ids:
-            for run_id, _, tags in sink.runs_of(experiment_id):
-                source_id = tags.get(SOURCE_RUN_TAG)
-                if source_id is not None:
-                    copies[source_id].append(run_id)
-                else:
-                    others.add(run_id)
+        for run_id, source_id in target.run_tag(experiment_ids, SOURCE_RUN_TAG):
+            if source_id is not None:
+                copies[source_id].append(run_id)
+            else:
+                others.add(run_id)
         for ids in copies.values():
             ids.sort()
         run_ids = {source: ids[0] for source, ids in copies.items()}

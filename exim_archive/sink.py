@@ -27,6 +27,7 @@ from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, STATE_TAG
 from .mlflow_errors import Caller, open_client
 from .records import ArtifactRecord, DatasetInputRecord, RunRecord
+from .source import RUN_PAGE
 from .sql_metrics import Decided, LazyFastPath
 from .sql_run_writer import RunEnd, RunStart
 from .uri import redact_uri, uri_kind
@@ -80,7 +81,6 @@ END_GROUP_POINTS = 50_000
 held metric points, one transaction a group (:meth:`MlflowSink.finish_run`)."""
 _RUN_STATUSES = frozenset({"RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"})
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
-_PAGE = 50_000
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ class MlflowSink:
         """Runs an earlier unpack made here (by source run id), and the ids of the other runs."""
         ours: dict[str, ExistingRun] = {}
         foreign: set[str] = set()
-        for run_id, stage, tags in self.runs_of(experiment_id, source_run_id):
+        for run_id, stage, tags in self._runs_of(experiment_id, source_run_id):
             source_id = tags.get(SOURCE_RUN_TAG)
             if source_id is None:
                 foreign.add(run_id)
@@ -292,12 +292,11 @@ class MlflowSink:
                 ours[source_id] = found
         return ours, foreign
 
-    def runs_of(
-        self, experiment_id: str, source_run_id: str | None = None
+    def _runs_of(
+        self, experiment_id: str, source_run_id: str | None
     ) -> Iterator[tuple[str, str, Mapping[str, str]]]:
         """``(run id, lifecycle stage, tags)`` of every run of the experiment (deleted ones
-        too), or of those made from ``source_run_id``. The tags hold unpack's bookkeeping tags
-        (on a database written with plain SQL, only those)."""
+        too), or of those made from ``source_run_id``."""
         direct = self.direct
         if direct is not None:
             keys = (SOURCE_RUN_TAG, INCOMPLETE_TAG, STATE_TAG)
@@ -323,7 +322,7 @@ class MlflowSink:
                     [experiment_id],
                     filter_string=filter_string,
                     run_view_type=ViewType.ALL,
-                    max_results=_PAGE,
+                    max_results=RUN_PAGE,
                     page_token=token,
                 ),
             )

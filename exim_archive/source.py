@@ -29,6 +29,10 @@ from .uri import redact_uri, uri_kind
 __all__ = ["MlflowSource"]
 
 _PAGE = 50_000
+RUN_PAGE = 2_000
+"""Runs a ``search_runs`` page asks for. MLflow builds each as whole objects (10-15 KB for a run
+with a few params, tags and metrics), so the 50,000 it allows would hold ~0.6 GB while the page
+lasts: a page of 2,000 costs one call per 2,000 runs and ~30 MB."""
 
 
 def _proto_json(entity: Any) -> str:
@@ -164,10 +168,24 @@ class MlflowSource:
         )
 
     def runs(self, experiment_ids: list[str]) -> list[RunRecord]:
-        """Every run (deleted included) of the experiments, sorted by run_id."""
-        out = self._search(experiment_ids, "", "listing runs of experiments {}")
+        """Every run (deleted included) of the experiments, sorted by run_id (at once: pack
+        reads them a chunk at a time, by id)."""
+        what = "listing runs of experiments {}"
+        out = [self._run_record(run) for run in self._search(experiment_ids, "", what)]
         out.sort(key=lambda r: r.run_id)
         return out
+
+    def run_ids(self, experiment_ids: list[str]) -> list[str]:
+        """The ids of every run (deleted included) of the experiments, sorted. MLflow lists
+        whole runs: only their ids are kept."""
+        what = "listing runs of experiments {}"
+        return sorted(run.info.run_id for run in self._search(experiment_ids, "", what))
+
+    def run_tag(self, experiment_ids: list[str], key: str) -> Iterator[tuple[str, str | None]]:
+        """``(run id, value of its tag key or None)`` of every run (deleted included) of the
+        experiments. MLflow lists whole runs: only the id and the one tag are kept."""
+        for run in self._search(experiment_ids, "", "listing runs of experiments {}"):
+            yield run.info.run_id, run.data.tags.get(key)
 
     def runs_by_id(self, experiment_ids: list[str], run_ids: list[str]) -> list[RunRecord]:
         """The runs with these ids (deleted included) among the experiments', sorted by run_id;
@@ -177,16 +195,16 @@ class MlflowSource:
             ids = run_ids[start : start + 100]
             listed = ", ".join("'" + i.replace("'", "") + "'" for i in ids)  # ids are hex
             what = f"reading {len(ids)} runs of experiments {{}}"
-            out.extend(self._search(experiment_ids, f"attributes.run_id IN ({listed})", what))
+            found = self._search(experiment_ids, f"attributes.run_id IN ({listed})", what)
+            out.extend(self._run_record(run) for run in found)
         out.sort(key=lambda r: r.run_id)
         return out
 
-    def _search(self, experiment_ids: list[str], filter_string: str, what: str) -> list[RunRecord]:
-        """``search_runs`` over the experiments (100 a call) in pages; ``what`` names the read
-        in messages, ``{}`` standing for the experiment ids."""
+    def _search(self, experiment_ids: list[str], filter_string: str, what: str) -> Iterator[Any]:
+        """MLflow's runs from ``search_runs`` over the experiments (100 a call), page by page;
+        ``what`` names the read in messages, ``{}`` standing for the experiment ids."""
         from mlflow.entities import ViewType
 
-        out: list[RunRecord] = []
         for start in range(0, len(experiment_ids), 100):
             ids = experiment_ids[start : start + 100]
             token = None
@@ -198,15 +216,14 @@ class MlflowSource:
                         ids,
                         filter_string=filter_string,
                         run_view_type=ViewType.ALL,
-                        max_results=_PAGE,
+                        max_results=RUN_PAGE,
                         page_token=token,
                     ),
                 )
-                out.extend(self._run_record(run) for run in page)
+                yield from page
                 if not page.token or page.token == token:
                     break
                 token = page.token
-        return out
 
     @staticmethod
     def _run_record(run: Any) -> RunRecord:

@@ -189,6 +189,15 @@ def test_same_input_same_bytes(
     many = pack(tmp_path / "many.exim", tracking_uri=uri, workers=8)
     assert one.digest == many.digest
     assert (tmp_path / "one.exim").read_bytes() == (tmp_path / "many.exim").read_bytes()
+    # runs read from the source, and held by the writer, two at a time: the same bytes
+    from exim_archive import bundle_writer
+
+    pack_module = sys.modules["exim_archive.pack"]
+    monkeypatch.setattr(pack_module, "RUNS_AT_A_TIME", 2)
+    monkeypatch.setattr(bundle_writer, "RUNS_HELD", 2)
+    pairs = pack(tmp_path / "pairs.exim", tracking_uri=uri, workers=8)
+    assert pairs.digest == one.digest and pairs.counts == one.counts
+    assert (tmp_path / "pairs.exim").read_bytes() == (tmp_path / "one.exim").read_bytes()
 
 
 def test_inspect_json_and_text(
