@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -412,12 +412,20 @@ class ArchiveReader:
             )
             yield _run_records(rows, params, tags, input_tag_rows, input_rows)
 
-    def artifacts(self, of_runs: Collection[str] | None = None) -> list[ArtifactRecord]:
-        """The archive's run artifacts; ``of_runs``: those of these runs only."""
+    def iter_runs_with_artifacts(
+        self, chunk: int = RUNS_AT_A_TIME
+    ) -> Iterator[tuple[list[RunRecord], dict[str, list[ArtifactRecord]]]]:
+        """:meth:`iter_runs`, each chunk with its runs' artifact records by run id."""
         table = self.read_table(T.ARTIFACTS)
-        if of_runs is not None:
-            table = _of_runs(table, pa.array(list(of_runs), pa.string()))
-        return [ArtifactRecord(**row) for row in table.to_pylist()]
+        for runs in self.iter_runs(chunk):
+            ids = pa.array([r.run_id for r in runs], pa.string())
+            found: dict[str, list[ArtifactRecord]] = defaultdict(list)
+            for row in _of_runs(table, ids).to_pylist():
+                found[row["run_id"]].append(ArtifactRecord(**row))
+            yield runs, found
+
+    def artifacts(self) -> list[ArtifactRecord]:
+        return [ArtifactRecord(**row) for row in self.read_table(T.ARTIFACTS).to_pylist()]
 
     def model_artifacts(self) -> list[ArtifactRecord]:
         """The logged models' files, as records whose ``run_id`` holds the model id."""

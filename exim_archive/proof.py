@@ -206,8 +206,8 @@ def check_against(
             ids.sort()
         run_ids = {source: ids[0] for source, ids in copies.items()}
         known = _Target(target, sink, experiment_ids, copies, others, run_ids, workers)
-        for chunk in reader.iter_runs(CHUNK_RUNS):
-            _check_chunk(report, chunk, known, reader, points, rows)
+        for chunk, artifacts in reader.iter_runs_with_artifacts(CHUNK_RUNS):
+            _check_chunk(report, chunk, artifacts, known, reader, points, rows)
         from .family_proof import check_families  # the family modules load only when needed
 
         writer = sink  # the sink as a name the lambda keeps (its client opens only for families)
@@ -234,6 +234,7 @@ class _Target:
 def _check_chunk(
     report: ProofReport,
     chunk: list[RunRecord],
+    artifacts: dict[str, list[ArtifactRecord]],
     target: _Target,
     reader: ArchiveReader,
     points: dict[str, dict[str, int]],
@@ -242,11 +243,7 @@ def _check_chunk(
     """Check one chunk of the archive's runs: their copies, counts, files and listings are read
     for these runs only."""
     created_at = reader.manifest.created_at
-    files: dict[str, dict[str, int]] = defaultdict(dict)
-    records: dict[str, list[ArtifactRecord]] = defaultdict(list)
-    for art in reader.artifacts(of_runs=[r.run_id for r in chunk]):
-        files[art.run_id][art.path] = art.size
-        records[art.run_id].append(art)
+    files = {run_id: {a.path: a.size for a in arts} for run_id, arts in artifacts.items()}
     wanted = [target.run_ids[r.run_id] for r in chunk if r.run_id in target.run_ids]
     found = {run.run_id: run for run in target.source.runs_by_id(target.experiment_ids, wanted)}
     counts = _target_counts(target.source, list(found.values()), target.workers)
@@ -275,7 +272,7 @@ def _check_chunk(
         got = None
         copy = found.get(twins[0]) if twins else None
         if copy is not None:
-            state = source_state(run, rows.get(run.run_id, 0), records[run.run_id])
+            state = source_state(run, rows.get(run.run_id, 0), artifacts.get(run.run_id, []))
             if newer_copy(dict(copy.tags).get(STATE_TAG), created_at, state):
                 report.runs_checked += 1  # made from a newer archive: unpack leaves it
                 continue

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,18 +55,31 @@ RUN_NAME_TAG = "mlflow.runName"
 METRIC_SLICE = 50_000
 
 
-def _batches(runs: list[RunRecord], size: int) -> list[list[RunRecord]]:
-    """``runs`` in batches of up to ``size`` runs of one experiment, experiments in order of
-    first appearance, runs in order within each. Runs come in run id order, which interleaves
-    experiments: cutting that order where the experiment changes made batches of one or two."""
-    by_experiment: dict[str, list[RunRecord]] = {}
-    for run in runs:
-        by_experiment.setdefault(run.experiment_id, []).append(run)
-    return [
-        group[start : start + size]
-        for group in by_experiment.values()
-        for start in range(0, len(group), size)
-    ]
+def _batches(
+    runs: Iterable[tuple[RunRecord, list[ArtifactRecord]]], size: int, chunk: int = 1000
+) -> Iterator[list[tuple[RunRecord, list[ArtifactRecord]]]]:
+    """``runs`` (with their files) in batches of up to ``size`` runs of one experiment: within
+    each ``chunk`` of runs, experiments in order of first appearance, runs in order within each.
+    Runs come in run id order, which interleaves experiments: cutting that order where the
+    experiment changes made batches of one or two."""
+    pending: list[tuple[RunRecord, list[ArtifactRecord]]] = []
+    for item in runs:
+        pending.append(item)
+        if len(pending) >= chunk:
+            yield from _grouped_by_experiment(pending, size)
+            pending = []
+    yield from _grouped_by_experiment(pending, size)
+
+
+def _grouped_by_experiment(
+    runs: list[tuple[RunRecord, list[ArtifactRecord]]], size: int
+) -> Iterator[list[tuple[RunRecord, list[ArtifactRecord]]]]:
+    by_experiment: dict[str, list[tuple[RunRecord, list[ArtifactRecord]]]] = {}
+    for item in runs:
+        by_experiment.setdefault(item[0].experiment_id, []).append(item)
+    for group in by_experiment.values():
+        for start in range(0, len(group), size):
+            yield group[start : start + size]
 
 
 @dataclass
@@ -116,10 +128,15 @@ class _Target:
     """Ids of the target experiment's runs that no unpack made."""
     was_deleted: bool = False
     restored: bool = False
+    found: bool = True
+    """Whether the experiment was there before this unpack (else it is created)."""
+    work: bool = False
+    """Whether a run of it is to be created, resumed or updated."""
 
 
-_Item = tuple[RunRecord, RunPoints | None, ExistingRun | None, bool]
-"""A run to fill, its points, what the target holds of it, and whether its files are written."""
+_Item = tuple[RunRecord, RunPoints | None, ExistingRun | None, list[ArtifactRecord], bool]
+"""A run to fill, its points, what the target holds of it, its files, and whether they are
+written."""
 
 
 class _Unpacker:
@@ -142,18 +159,19 @@ class _Unpacker:
         m = reader.manifest
         self.origin = Origin(reader.digest, str(m.source.get("tracking_uri", "")), m.created_at)
         self.experiments = reader.experiments()
-        self.runs = reader.runs()
-        self.by_id = {r.run_id: r for r in self.runs}
-        self.artifacts: dict[str, list[ArtifactRecord]] = defaultdict(list)
-        for art in reader.artifacts():
-            self.artifacts[art.run_id].append(art)
+        # The runs themselves are read from the archive a chunk at a time, in each pass that
+        # needs them (plan, create, fill): what is kept per run is ids, never records.
         self.points = reader.metric_rows_per_run()
         self.run_ids: dict[str, str] = {}
         self.updating: set[str] = set()
         """Source runs whose complete copies this unpack brings up to date."""
         self.home_runs: set[str] = set()
         """Source runs that are copies of target runs no unpack made (see :meth:`home`)."""
-        self._states: dict[str, str] = {}
+        self.to_create: set[str] = set()
+        self.to_fill: set[str] = set()
+        """Source runs to create; to fill (created, resumed or updated)."""
+        self.deleted: list[tuple[str, str]] = []
+        """(run id, experiment id) of the archive's deleted runs."""
 
     def notes(self) -> list[str]:
         return self.report.notes
@@ -169,12 +187,18 @@ class _Unpacker:
                     where=self.reader.path,
                     hint="nothing was written",
                 )
-        in_archive = {r.run_id for r in self.runs}
-        for run in self.runs:
-            parent = dict(run.tags).get(PARENT_TAG)
-            if parent and parent not in in_archive:
+        in_archive: set[str] = set()
+        parents: list[tuple[str, str]] = []
+        for chunk in self.reader.iter_runs():
+            for run in chunk:
+                in_archive.add(run.run_id)
+                parent = dict(run.tags).get(PARENT_TAG)
+                if parent:
+                    parents.append((run.run_id, parent))
+        for run_id, parent in parents:
+            if parent not in in_archive:
                 self.notes().append(
-                    f"run {run.run_id}: parent run {parent} is not in the archive; "
+                    f"run {run_id}: parent run {parent} is not in the archive; "
                     f"{PARENT_TAG} keeps the source id"
                 )
 
@@ -186,13 +210,12 @@ class _Unpacker:
             tags.update(experiment_source_tags(exp, self.origin))
         return _fit(tags, EXPERIMENT_TAG_VALUE_LIMIT, f"experiment {exp.name!r}", self.notes())
 
-    def place_experiment(self, exp: ExperimentRecord) -> _Target:
+    def find_experiment(self, exp: ExperimentRecord) -> _Target:
+        """Where the experiment is in the target, with the runs it holds; nothing is written
+        (an experiment that is not there is made by :meth:`place_experiment`)."""
         found = self.sink.find_experiment(exp.name)
-        tags = self.experiment_tags(exp)
         if found is None:
-            new_id = self.sink.create_experiment(exp.name, tags)
-            self.report.experiments_created += 1
-            return _Target(exp, new_id, {}, set())
+            return _Target(exp, "", {}, set(), found=False)
         if found.lifecycle_stage == "deleted" and not exp.deleted:
             raise TargetError(
                 f"experiment {exp.name!r} exists in the target but is deleted there, "
@@ -201,30 +224,37 @@ class _Unpacker:
                 hint="restore it (mlflow experiments restore) or remove it for good "
                 "(mlflow gc), then run unpack again",
             )
-        self.report.experiments_reused += 1
         existing, foreign = self.sink.existing_runs(found.experiment_id)
         was_deleted = found.lifecycle_stage == "deleted"
-        target = _Target(exp, found.experiment_id, existing, foreign, was_deleted)
-        owned = [r for r in self.runs if r.experiment_id == exp.experiment_id]
-        work = any(
-            self.home(r, target) is None
-            and self.plan(r.run_id, existing.get(r.run_id), note=False) != "complete"
-            for r in owned
+        return _Target(exp, found.experiment_id, existing, foreign, was_deleted)
+
+    def place_experiment(self, target: _Target) -> None:
+        """Make the experiment, or bring the one found up to date: restored if deleted and
+        runs are to be written into it, its tags set."""
+        exp = target.source
+        tags = self.experiment_tags(exp)
+        if not target.found:
+            target.experiment_id = self.sink.create_experiment(exp.name, tags)
+            self.report.experiments_created += 1
+            return
+        self.report.experiments_reused += 1
+        current = (
+            self.sink.experiment_tags(target.experiment_id)
+            if target.work or not exp.deleted
+            else {}
         )
-        current = self.sink.experiment_tags(found.experiment_id) if work or not exp.deleted else {}
-        if found.lifecycle_stage == "deleted":
-            if not work:
-                return target
-            self.sink.restore_experiment(found.experiment_id)
+        if target.was_deleted:
+            if not target.work:
+                return
+            self.sink.restore_experiment(target.experiment_id)
             target.restored = True
         missing = {k: v for k, v in tags.items() if current.get(k) != v}
         if missing:
-            self.sink.set_experiment_tags(found.experiment_id, missing)
-        return target
+            self.sink.set_experiment_tags(target.experiment_id, missing)
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def run_tags(self, run: RunRecord) -> dict[str, str]:
+    def run_tags(self, run: RunRecord, arts: list[ArtifactRecord]) -> dict[str, str]:
         tags = {k: v for k, v in run.tags if k != PARENT_TAG}
         name_tag = tags.get(RUN_NAME_TAG)
         if name_tag is not None and run.run_name is not None and name_tag != run.run_name:
@@ -237,18 +267,15 @@ class _Unpacker:
         if self.lineage:
             tags.update(run_source_tags(run, self.origin))
         tags[SOURCE_RUN_TAG] = run.run_id
-        tags[STATE_TAG] = self.state(run)
+        tags[STATE_TAG] = self.state(run, arts)
         tags[INCOMPLETE_TAG] = "true"
         return _fit(tags, RUN_TAG_VALUE_LIMIT, f"run {run.run_id}", self.notes())
 
-    def state(self, run: RunRecord) -> str:
+    def state(self, run: RunRecord, arts: list[ArtifactRecord]) -> str:
         """The run's :data:`.STATE_TAG`: this archive's pack time, then what it holds of the
-        run (:func:`.source_state`)."""
-        if run.run_id not in self._states:  # asked for by the plan, then by the tags
-            points = self.points.get(run.run_id, 0)
-            digest = source_state(run, points, self.artifacts[run.run_id])
-            self._states[run.run_id] = f"{self.origin.created_at} {digest}"
-        return self._states[run.run_id]
+        run (:func:`.source_state`), ``arts`` being its files."""
+        digest = source_state(run, self.points.get(run.run_id, 0), arts)
+        return f"{self.origin.created_at} {digest}"
 
     def home(self, run: RunRecord, target: _Target) -> str | None:
         """The target run ``run`` was itself copied from, if it is in ``target``: the archive
@@ -257,25 +284,25 @@ class _Unpacker:
         origin = dict(run.tags).get(SOURCE_RUN_TAG)
         return origin if origin in target.foreign else None
 
-    def plan(self, run_id: str, found: ExistingRun | None, *, note: bool = True) -> str:
+    def plan(self, run: RunRecord, arts: list[ArtifactRecord], found: ExistingRun | None) -> str:
         """What the run needs: ``create``, ``resume`` (a copy left unfinished), ``update`` (a
         complete copy made from an older archive that held less or other) or ``complete``."""
         if found is None:
             return "create"
         if found.incomplete:
             return "resume"
-        want = self.state(self.by_id[run_id]).partition(" ")[2]
+        want = self.state(run, arts).partition(" ")[2]
         made_at, _, digest = (found.state or "").partition(" ")
         if digest == want:  # the same contents, whichever pack they came from
             return "complete"
         if not newer_copy(found.state, self.origin.created_at, want):
             return "update"
-        if note:  # a newer archive, or one of the same pack time (not to be ordered)
-            self.notes().append(
-                f"run {run_id}: its copy {found.run_id} was made from "
-                + ("a newer archive" if made_at > self.origin.created_at else "another archive")
-                + f" packed at {made_at}; left as it is"
-            )
+        # a newer archive, or one of the same pack time (not to be ordered)
+        self.notes().append(
+            f"run {run.run_id}: its copy {found.run_id} was made from "
+            + ("a newer archive" if made_at > self.origin.created_at else "another archive")
+            + f" packed at {made_at}; left as it is"
+        )
         return "complete"
 
     def late_tags(self, run: RunRecord) -> dict[str, str]:
@@ -301,87 +328,90 @@ class _Unpacker:
         while the one writer fills earlier runs: file creation is the other half of a small
         run's unpack into a database with local artifacts. The run stays incomplete until
         :meth:`fill` ends it, so a stop in between leaves it to be resumed, files and all."""
-        run, points, existing, _ = item
-        arts = self.artifacts.get(run.run_id, [])
+        run, points, existing, arts, _ = item
         if existing is not None or not arts:
             return item
         self.sink.put_artifacts(self.run_ids[run.run_id], arts, self.reader.extract_artifact)
-        return run, points, existing, True
+        return run, points, existing, arts, True
 
     def fill(self, item: _Item) -> int:
         self.check_lock()
-        run, points, existing, files_written = item
+        run, points, existing, arts, files_written = item
         new_id = self.run_ids[run.run_id]
         if existing is not None and existing.lifecycle_stage == "deleted":
             self.sink.restore_run(new_id)
         if existing is not None:  # resumed or updated: bookkeeping and lineage from this archive,
             # the incomplete marker first of all for an update (an interruption then resumes it)
-            self.sink.log_params_and_tags(new_id, [], self.run_tags(run))
+            self.sink.log_params_and_tags(new_id, [], self.run_tags(run, arts))
         # Python objects for one slice at a time; a long run's row groups decoded as needed.
         pieces = points.slices(METRIC_SLICE) if points is not None else ()
         self.sink.log_run_data(new_id, self.params(run), self.late_tags(run), pieces)
         self.sink.log_inputs(new_id, run.inputs)
-        arts = self.artifacts.get(run.run_id, [])
         if arts and not files_written:
             self.sink.put_artifacts(new_id, arts, self.reader.extract_artifact)
         self.sink.finish_run(new_id, run)
         return points.num_rows if points is not None else 0
 
-    def _with_metrics(
-        self, todo: list[RunRecord], existing: dict[str, ExistingRun | None]
-    ) -> Iterator[_Item]:
-        """Pair each run to fill with its metric points, in run id order, streaming the metrics
-        table once: a merge of two sorted sequences (the table is in run id order), so runs
-        without points come out in their place between runs with points."""
-        by_id = {r.run_id: r for r in todo}
-        order = sorted(by_id)
-        next_up = 0
-        for run_id, points in self.reader.iter_run_metrics():
-            if run_id not in by_id:
-                continue
-            while order[next_up] < run_id:  # runs without points before this one
-                earlier = order[next_up]
-                yield by_id[earlier], None, existing[earlier], False
-                next_up += 1
-            next_up += 1  # order[next_up] is run_id
-            yield by_id[run_id], points, existing[run_id], False
-        for rest in order[next_up:]:
-            yield by_id[rest], None, existing[rest], False
+    def _runs_in(self, wanted: set[str]) -> Iterator[tuple[RunRecord, list[ArtifactRecord]]]:
+        """The archive's runs of ``wanted`` with their files, in run id order, read a chunk at
+        a time."""
+        for chunk, artifacts in self.reader.iter_runs_with_artifacts():
+            for run in chunk:
+                if run.run_id in wanted:
+                    yield run, artifacts.get(run.run_id, [])
+
+    def _with_metrics(self, targets: dict[str, _Target]) -> Iterator[_Item]:
+        """Each run to fill with its metric points, in run id order: a merge of the runs with
+        the metrics table (also in run id order), each streamed once."""
+        metrics = self.reader.iter_run_metrics()
+        pending = next(metrics, None)
+        for run, arts in self._runs_in(self.to_fill):
+            while pending is not None and pending[0] < run.run_id:
+                pending = next(metrics, None)
+            points = pending[1] if pending is not None and pending[0] == run.run_id else None
+            existing = targets[run.experiment_id].existing.get(run.run_id)
+            self.report.artifacts += len(arts)
+            yield run, points, existing, arts, False
+
+    def plan_runs(self, by_source: dict[str, _Target]) -> None:
+        """What each run of the archive needs (:meth:`plan`), one pass over them: the runs to
+        create and to fill, the copies found, and which experiments get runs written."""
+        for chunk, artifacts in self.reader.iter_runs_with_artifacts():
+            for run in chunk:
+                target = by_source[run.experiment_id]
+                if run.deleted:
+                    self.deleted.append((run.run_id, run.experiment_id))
+                found = target.existing.get(run.run_id)
+                origin = self.home(run, target) if found is None else None
+                if origin is not None:
+                    self.run_ids[run.run_id] = origin
+                    self.home_runs.add(run.run_id)
+                    self.report.runs_already_complete += 1
+                    continue
+                plan = self.plan(run, artifacts.get(run.run_id, []), found)
+                if plan != "complete":
+                    target.work = True
+                    self.to_fill.add(run.run_id)
+                if found is None:
+                    self.to_create.add(run.run_id)
+                    continue
+                self.run_ids[run.run_id] = found.run_id
+                if plan == "resume":
+                    self.report.runs_resumed += 1
+                elif plan == "update":
+                    self.updating.add(run.run_id)
+                    self.report.runs_updated += 1
+                else:
+                    self.report.runs_already_complete += 1
 
     def run(self) -> None:
         self.check_plan()
-        targets = [self.place_experiment(exp) for exp in self.experiments]
+        targets = [self.find_experiment(exp) for exp in self.experiments]
         by_source = {t.source.experiment_id: t for t in targets}
+        self.plan_runs(by_source)
         for t in targets:
+            self.place_experiment(t)
             self.report.id_map["experiments"][t.source.experiment_id] = t.experiment_id
-        todo: list[RunRecord] = []
-        existing: dict[str, ExistingRun | None] = {}
-        to_create: list[RunRecord] = []
-        for run in self.runs:
-            target = by_source[run.experiment_id]
-            found = target.existing.get(run.run_id)
-            existing[run.run_id] = found
-            origin = self.home(run, target) if found is None else None
-            if origin is not None:
-                self.run_ids[run.run_id] = origin
-                self.home_runs.add(run.run_id)
-                self.report.runs_already_complete += 1
-                continue
-            plan = self.plan(run.run_id, found)
-            if found is None:
-                to_create.append(run)
-                todo.append(run)
-                continue
-            self.run_ids[run.run_id] = found.run_id
-            if plan == "resume":
-                todo.append(run)
-                self.report.runs_resumed += 1
-            elif plan == "update":
-                todo.append(run)
-                self.updating.add(run.run_id)
-                self.report.runs_updated += 1
-            else:
-                self.report.runs_already_complete += 1
         if self.home_runs:
             first = min(self.home_runs)
             self.notes().append(
@@ -390,22 +420,22 @@ class _Unpacker:
                 "to its source): those runs are left as they are and stand for them"
             )
 
-        def create(batch: list[RunRecord]) -> list[tuple[str, str]]:
+        def create(batch: list[tuple[RunRecord, list[ArtifactRecord]]]) -> list[tuple[str, str]]:
             self.check_lock()
-            target = by_source[batch[0].experiment_id]
+            target = by_source[batch[0][0].experiment_id]
             made = self.sink.create_runs(
-                target.experiment_id, [(run, self.run_tags(run)) for run in batch]
+                target.experiment_id, [(run, self.run_tags(run, arts)) for run, arts in batch]
             )
-            return [(run.run_id, new_id) for run, new_id in zip(batch, made, strict=True)]
+            return [(run.run_id, new_id) for (run, _), new_id in zip(batch, made, strict=True)]
 
         writers = 1 if self.sink.one_writer else self.workers
-        batches = _batches(to_create, self.sink.runs_created_together)
+        batches = _batches(self._runs_in(self.to_create), self.sink.runs_created_together)
         for pairs in ordered_map(create, batches, writers):
             for source_id, new_id in pairs:
                 self.run_ids[source_id] = new_id
                 self.report.runs_created += 1
-        bar = Progress("unpack", len(todo), enabled=self.progress)
-        items = self._with_metrics(todo, existing)
+        bar = Progress("unpack", len(self.to_fill), enabled=self.progress)
+        items = self._with_metrics(by_source)
         with ExitStack() as stack:
             if writers == 1 and self.workers > 1:
                 ahead = ordered_map(self.files_ahead, items, self.workers, ahead=self.workers)
@@ -416,10 +446,9 @@ class _Unpacker:
                 bar.advance()
         self.sink.end_runs()  # the last group of new runs' ends
         bar.close()
-        self.report.artifacts = sum(len(self.artifacts.get(r.run_id, [])) for r in todo)
         self.report.id_map["runs"] = dict(sorted(self.run_ids.items()))
         self.write_families()
-        self.apply_lifecycle(targets, {r.run_id for r in todo})
+        self.apply_lifecycle(targets)
 
     def write_families(self) -> None:
         """Logged models, then the registry (its versions point at runs and logged models),
@@ -460,27 +489,25 @@ class _Unpacker:
         self, rows: dict[str, list[dict[str, Any]]]
     ) -> dict[str, tuple[str | None, str | None]]:
         """(source, target) artifact URI of each run a model version points at."""
-        by_id = {r.run_id: r for r in self.runs}
-        out: dict[str, tuple[str | None, str | None]] = {}
-        for v in rows.get("model_versions", []):
-            run_id = v["run_id"]
-            if run_id in by_id and run_id in self.run_ids and run_id not in out:
-                out[run_id] = (
-                    by_id[run_id].artifact_uri,
-                    self.sink.artifact_uri(self.run_ids[run_id]),
-                )
-        return out
+        wanted = {v["run_id"] for v in rows.get("model_versions", [])} & set(self.run_ids)
+        if not wanted:
+            return {}
+        return {
+            run.run_id: (run.artifact_uri, self.sink.artifact_uri(self.run_ids[run.run_id]))
+            for run, _ in self._runs_in(wanted)
+        }
 
-    def apply_lifecycle(self, targets: list[_Target], filled: set[str]) -> None:
+    def apply_lifecycle(self, targets: list[_Target]) -> None:
         """Delete, last, what the source had deleted (deleted objects refuse writes)."""
-        for run in self.runs:
-            if not run.deleted or run.run_id in self.home_runs:  # never touched
+        by_source = {t.source.experiment_id: t for t in targets}
+        for run_id, experiment_id in self.deleted:
+            if run_id in self.home_runs:  # never touched
                 continue
-            target = next(t for t in targets if t.source.experiment_id == run.experiment_id)
-            found = target.existing.get(run.run_id)
-            active_now = run.run_id in filled or target.restored or found is None
+            target = by_source[experiment_id]
+            found = target.existing.get(run_id)
+            active_now = run_id in self.to_fill or target.restored or found is None
             if active_now or (found is not None and found.lifecycle_stage != "deleted"):
-                self.sink.delete_run(self.run_ids[run.run_id])
+                self.sink.delete_run(self.run_ids[run_id])
         for target in targets:
             if not target.source.deleted or (target.was_deleted and not target.restored):
                 continue

@@ -91,31 +91,38 @@ def test_unpack_of_long_runs_by_reference(
 
 
 def test_runs_to_fill_meet_their_points_in_one_merge() -> None:
-    """``_Unpacker._with_metrics`` pairs each run to fill with its points and puts runs without
-    points in run id order between them, skipping points of runs not to fill. A merge of two
-    sorted sequences (it re-sorted the runs left for every run with points: hours at 100,000
-    runs). The archive reader is a stand-in that yields (run id, points) in run id order."""
+    """``_Unpacker._with_metrics`` pairs each run to fill with its points and files, in run id
+    order, skipping runs not to fill and points of other runs: one merge of two streams (it once
+    re-sorted the runs left for every run with points: hours at 100,000 runs). The archive
+    reader is a stand-in yielding runs in chunks and (run id, points) in run id order."""
     from types import SimpleNamespace
 
-    from exim_archive.records import RunRecord
+    from exim_archive.records import ArtifactRecord, RunRecord
 
     unpack_module = sys.modules["exim_archive.unpack"]
-    with_points = {"b": "pb", "c": "pc", "e": "pe", "z": "pz"}  # "z": a run not to fill
-    reader = SimpleNamespace(iter_run_metrics=lambda: iter(sorted(with_points.items())))
-    todo = [
+    runs = [
         RunRecord(i, "1", None, None, "FINISHED", None, None, "active", None)
-        for i in ("f", "a", "c", "b", "d", "e")
+        for i in ("a", "b", "c", "d", "e", "f", "g")
     ]
-    existing = {r.run_id: None for r in todo}
-    items = list(
-        unpack_module._Unpacker._with_metrics(SimpleNamespace(reader=reader), todo, existing)
+    art = ArtifactRecord("c", "x.txt", 1, "0" * 64, "blobs/x", "none")
+    with_points = {"b": "pb", "c": "pc", "e": "pe", "g": "pg", "z": "pz"}
+    reader = SimpleNamespace(
+        iter_run_metrics=lambda: iter(sorted(with_points.items())),
+        iter_runs_with_artifacts=lambda: iter([(runs[:3], {"c": [art]}), (runs[3:], {})]),
     )
-    got = [(run.run_id, points) for run, points, _, _ in items]
+    stub = SimpleNamespace(
+        reader=reader, to_fill={"a", "b", "c", "d", "e", "f"}, report=SimpleNamespace(artifacts=0)
+    )
+    stub._runs_in = lambda wanted: unpack_module._Unpacker._runs_in(stub, wanted)
+    targets = {"1": SimpleNamespace(existing={})}
+    items = list(unpack_module._Unpacker._with_metrics(stub, targets))
+    got = [(run.run_id, points, arts) for run, points, _, arts, _ in items]
     assert got == [
-        ("a", None),
-        ("b", "pb"),
-        ("c", "pc"),
-        ("d", None),
-        ("e", "pe"),
-        ("f", None),
+        ("a", None, []),
+        ("b", "pb", []),
+        ("c", "pc", [art]),
+        ("d", None, []),
+        ("e", "pe", []),
+        ("f", None, []),
     ]
+    assert stub.report.artifacts == 1

@@ -484,20 +484,28 @@ def test_runs_are_created_together_only_with_direct_sql(
 
 def test_new_runs_are_batched_by_experiment_whatever_their_order() -> None:
     """Runs come in run id order, which interleaves experiments: a batch still holds up to its
-    size of one experiment's runs (cutting where the experiment changed made batches of 1-2)."""
+    size of one experiment's runs (cutting where the experiment changed made batches of 1-2),
+    within each chunk of runs (unpack holds a chunk, not every run)."""
     from exim_archive.records import RunRecord
     from exim_archive.unpack import _batches
 
     runs = [
-        RunRecord(f"r{i:02d}", "ab"[i % 2], None, None, "FINISHED", 1, 2, "active", None)
+        (RunRecord(f"r{i:02d}", "ab"[i % 2], None, None, "FINISHED", 1, 2, "active", None), [])
         for i in range(9)
     ]
-    batches = _batches(runs, 3)
-    assert [[r.run_id for r in b] for b in batches] == [
+
+    def ids(batches: Any) -> list[list[str]]:
+        return [[r.run_id for r, _ in b] for b in batches]
+
+    batches = list(_batches(iter(runs), 3))
+    assert ids(batches) == [
         ["r00", "r02", "r04"], ["r06", "r08"], ["r01", "r03", "r05"], ["r07"]
     ]  # fmt: skip
-    assert all(len({r.experiment_id for r in b}) == 1 for b in batches)
-    assert _batches(runs, 1) == [[r] for r in runs[0::2] + runs[1::2]]
+    assert all(len({r.experiment_id for r, _ in b}) == 1 for b in batches)
+    assert list(_batches(iter(runs), 1)) == [[r] for r in runs[0::2] + runs[1::2]]
+    assert ids(_batches(iter(runs), 3, chunk=4)) == [
+        ["r00", "r02"], ["r01", "r03"], ["r04", "r06"], ["r05", "r07"], ["r08"]
+    ]  # fmt: skip
 
 
 def test_new_runs_end_in_groups_all_or_none(
