@@ -394,10 +394,11 @@ class ArchiveReader:
     def runs(self) -> list[RunRecord]:
         return [run for chunk in self.iter_runs() for run in chunk]
 
-    def iter_runs(self, chunk: int = RUNS_AT_A_TIME) -> Iterator[list[RunRecord]]:
+    def iter_runs(self, chunk: int | None = None) -> Iterator[list[RunRecord]]:
         """The runs in archive (run_id) order, ``chunk`` at a time. The tables stay Arrow; only
         one chunk's rows become Python objects, so a caller that lets each chunk go holds one
         chunk's runs whatever the number of runs."""
+        chunk = chunk or RUNS_AT_A_TIME
         runs = self.read_table(T.RUNS)
         tables = [
             self.read_table(spec)
@@ -413,7 +414,7 @@ class ArchiveReader:
             yield _run_records(rows, params, tags, input_tag_rows, input_rows)
 
     def iter_runs_with_artifacts(
-        self, chunk: int = RUNS_AT_A_TIME
+        self, chunk: int | None = None
     ) -> Iterator[tuple[list[RunRecord], dict[str, list[ArtifactRecord]]]]:
         """:meth:`iter_runs`, each chunk with its runs' artifact records by run id."""
         table = self.read_table(T.ARTIFACTS)

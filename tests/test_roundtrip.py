@@ -357,6 +357,30 @@ def test_file_store_to_sqlite(
     assert snapshot(dst, names) == as_sql_keeps(snapshot(src, names))
 
 
+def test_runs_a_few_at_a_time_give_the_same_target(
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pack reads run records, its writer holds runs, and unpack streams the archive's runs
+    (plan, create, fill, proof), two at a time: the target is the source's, and a second unpack
+    finds every run complete."""
+    import sys
+
+    from exim_archive import bundle_reader, bundle_writer
+
+    monkeypatch.setattr(sys.modules["exim_archive.pack"], "RUNS_AT_A_TIME", 2)
+    monkeypatch.setattr(bundle_writer, "RUNS_HELD", 2)
+    monkeypatch.setattr(bundle_reader, "RUNS_AT_A_TIME", 2)
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    names = seed_rich(src, "chunks", tmp_path / "art")
+    archive = tmp_path / "a.exim"
+    pack(archive, tracking_uri=src)
+    report = unpack(archive, tracking_uri=dst)
+    assert report.runs_created == report.runs_checked == 5
+    assert snapshot(dst, names) == snapshot(src, names)
+    again = unpack(archive, tracking_uri=dst)
+    assert again.runs_already_complete == 5 and again.runs_created == 0
+
+
 @pytest.mark.parametrize(
     ("chunk", "sql"),
     [(1000, True), (2, True), (2, False)],
