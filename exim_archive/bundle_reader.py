@@ -413,6 +413,23 @@ class ArchiveReader:
             )
             yield _run_records(rows, params, tags, input_tag_rows, input_rows)
 
+    def dangling_run_references(self, key: str) -> list[tuple[str, str]]:
+        """``(run id, value)`` of the runs whose tag ``key`` names a run that is not in the
+        archive (an empty value names none), in run id order; from the tables, no records."""
+        tags = self.read_table(T.RUN_TAGS)
+        named = tags.filter(
+            pc.and_(pc.equal(tags.column("key"), key), pc.not_equal(tags.column("value"), ""))
+        )
+        in_archive = self.read_table(T.RUNS).column("run_id").combine_chunks()
+        dangling = named.filter(pc.invert(pc.is_in(named.column("value"), value_set=in_archive)))
+        return list(
+            zip(
+                dangling.column("run_id").to_pylist(),
+                dangling.column("value").to_pylist(),
+                strict=True,
+            )
+        )
+
     def iter_runs_with_artifacts(
         self, chunk: int | None = None
     ) -> Iterator[tuple[list[RunRecord], dict[str, list[ArtifactRecord]]]]:

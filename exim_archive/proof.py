@@ -48,9 +48,6 @@ __all__ = ["ProofReport", "check_against"]
 
 MAX_PROBLEMS = 100
 LIST_WORKERS = 16
-CHUNK_RUNS = 1000
-"""Runs checked together: the proof holds this many runs' records at a time (and, for every
-run, only its copies' ids and its distinct point counts per key)."""
 _PARENT = "mlflow.parentRunId"
 
 
@@ -161,9 +158,9 @@ def check_against(
     """Check that ``tracking_uri`` holds everything in ``archive`` (as unpack writes it).
 
     The target is read the way ``pack`` reads a source, in bulk: first the ids of its runs and
-    their source-run tags, then, :data:`CHUNK_RUNS` of the archive's runs at a time, the copies'
-    params and tags by id, their histories through :class:`HistoryReader` and one artifact
-    listing per run with files.
+    their source-run tags, then, a chunk of the archive's runs at a time
+    (:data:`.bundle_reader.RUNS_AT_A_TIME`), the copies' params and tags by id, their histories
+    through :class:`HistoryReader` and one artifact listing per run with files.
     """
     uri = resolve_tracking_uri(tracking_uri) if sink is None else sink.uri
     report = ProofReport(os.fspath(archive), redact_uri(uri))
@@ -206,7 +203,9 @@ def check_against(
             ids.sort()
         run_ids = {source: ids[0] for source, ids in copies.items()}
         known = _Target(target, sink, experiment_ids, copies, others, run_ids, workers)
-        for chunk, artifacts in reader.iter_runs_with_artifacts(CHUNK_RUNS):
+        # the archive's runs a chunk at a time (bundle_reader.RUNS_AT_A_TIME): for every run the
+        # proof keeps only its copies' ids and its distinct point counts per key
+        for chunk, artifacts in reader.iter_runs_with_artifacts():
             _check_chunk(report, chunk, artifacts, known, reader, points, rows)
         from .family_proof import check_families  # the family modules load only when needed
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .artifact_roots import ArtifactRoots
-from .bundle_reader import ArchiveReader, RunPoints
+from .bundle_reader import RUNS_AT_A_TIME, ArchiveReader, RunPoints
 from .errors import TargetError
 from .families import UnpackScope
 from .lineage import (
@@ -56,7 +56,7 @@ METRIC_SLICE = 50_000
 
 
 def _batches(
-    runs: Iterable[tuple[RunRecord, list[ArtifactRecord]]], size: int, chunk: int = 1000
+    runs: Iterable[tuple[RunRecord, list[ArtifactRecord]]], size: int, chunk: int = RUNS_AT_A_TIME
 ) -> Iterator[list[tuple[RunRecord, list[ArtifactRecord]]]]:
     """``runs`` (with their files) in batches of up to ``size`` runs of one experiment: within
     each ``chunk`` of runs, experiments in order of first appearance, runs in order within each.
@@ -187,20 +187,11 @@ class _Unpacker:
                     where=self.reader.path,
                     hint="nothing was written",
                 )
-        in_archive: set[str] = set()
-        parents: list[tuple[str, str]] = []
-        for chunk in self.reader.iter_runs():
-            for run in chunk:
-                in_archive.add(run.run_id)
-                parent = dict(run.tags).get(PARENT_TAG)
-                if parent:
-                    parents.append((run.run_id, parent))
-        for run_id, parent in parents:
-            if parent not in in_archive:
-                self.notes().append(
-                    f"run {run_id}: parent run {parent} is not in the archive; "
-                    f"{PARENT_TAG} keeps the source id"
-                )
+        for run_id, parent in self.reader.dangling_run_references(PARENT_TAG):
+            self.notes().append(
+                f"run {run_id}: parent run {parent} is not in the archive; "
+                f"{PARENT_TAG} keeps the source id"
+            )
 
     # -- experiments -----------------------------------------------------------------------------
 

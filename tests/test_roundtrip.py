@@ -357,6 +357,34 @@ def test_file_store_to_sqlite(
     assert snapshot(dst, names) == as_sql_keeps(snapshot(src, names))
 
 
+def test_a_parent_outside_the_archive_is_noted_and_kept(
+    tmp_path: Path, new_sqlite: NewStore
+) -> None:
+    """A run whose parent is in another experiment, packed without it: one note, and its
+    mlflow.parentRunId keeps the source id; a parent inside the archive is remapped and an empty
+    parent tag names no run (no note)."""
+    src, dst = new_sqlite("src"), new_sqlite("dst")
+    c = MlflowClient(src)
+    other = c.create_experiment("elsewhere", artifact_location=(tmp_path / "a1").as_uri())
+    here = c.create_experiment("here", artifact_location=(tmp_path / "a2").as_uri())
+    outside = c.create_run(other).info.run_id
+    inner = c.create_run(here).info.run_id
+    orphan = c.create_run(here, tags={"mlflow.parentRunId": outside}).info.run_id
+    child = c.create_run(here, tags={"mlflow.parentRunId": inner}).info.run_id
+    c.create_run(here, tags={"mlflow.parentRunId": ""})
+    pack(tmp_path / "a.exim", tracking_uri=src, experiments=["here"])
+    report = unpack(tmp_path / "a.exim", tracking_uri=dst)
+    noted = [n for n in report.notes if "is not in the archive" in n]
+    assert noted == [
+        f"run {orphan}: parent run {outside} is not in the archive; "
+        "mlflow.parentRunId keeps the source id"
+    ]
+    ids = report.id_map["runs"]
+    target = MlflowClient(dst)
+    assert target.get_run(ids[orphan]).data.tags["mlflow.parentRunId"] == outside
+    assert target.get_run(ids[child]).data.tags["mlflow.parentRunId"] == ids[inner]
+
+
 def test_runs_a_few_at_a_time_give_the_same_target(
     tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,13 +422,13 @@ def test_verify_against_finds_what_the_target_lost(
     chunk: int,
     sql: bool,
 ) -> None:
-    """Also with the archive's runs checked two at a time (proof.CHUNK_RUNS: the target's
-    runs read by id, a chunk at a time), by plain SQL and through MLflow's store."""
+    """Also with the archive's runs checked two at a time (bundle_reader.RUNS_AT_A_TIME: the
+    target's runs read by id, a chunk at a time), by plain SQL and through MLflow's store."""
     import sqlite3
 
-    from exim_archive import proof
+    from exim_archive import bundle_reader
 
-    monkeypatch.setattr(proof, "CHUNK_RUNS", chunk)
+    monkeypatch.setattr(bundle_reader, "RUNS_AT_A_TIME", chunk)
     if not sql:
         monkeypatch.setenv("EXIM_NO_SQL_FAST_PATH", "1")
     src, dst = new_sqlite("src"), new_sqlite("dst")
