@@ -140,16 +140,14 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _MetricsWriter:
-    """Writes metric points in arrival order, as fixed-size row groups split into parts."""
+class _RowGroups:
+    """Tables appended in order, written as row groups of exactly :data:`ROW_GROUP_ROWS` rows
+    (the last may be shorter): the file's bytes do not depend on how the rows were split into
+    appends, and at most one row group's rows wait in memory."""
 
-    def __init__(self, directory: Path) -> None:
-        self._dir = directory
+    def __init__(self) -> None:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._part_rows = 0
-        self.parts: list[str] = []
         self.rows = 0
 
     def append(self, table: pa.Table) -> None:
@@ -168,10 +166,58 @@ class _MetricsWriter:
     def _flush(self, rows: int) -> None:
         # slicing a chunked table is free: only the row group written is copied together
         merged = pa.concat_tables(self._pending)
-        head = merged.slice(0, rows).cast(T.METRICS.schema).combine_chunks()
+        head = merged.slice(0, rows)
         tail = merged.slice(rows)
         self._pending = [tail] if tail.num_rows else []
         self._pending_rows = tail.num_rows
+        self._write(head)
+
+    def _write(self, group: pa.Table) -> None:
+        """Write one row group; ``group`` may be in several chunks (combine them first, so how
+        the rows came cannot reach the file)."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+
+
+class _TableWriter(_RowGroups):
+    """One table's single member, written as its rows arrive (already in the table's order)."""
+
+    def __init__(self, directory: Path, spec: T.TableSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self._writer = _parquet_writer(directory / spec.member, spec)
+
+    def _write(self, group: pa.Table) -> None:
+        self._writer.write_table(group.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+
+    def discard(self) -> None:
+        """Close the file without finishing it (the caller removes it)."""
+        self._pending = []
+        self._writer.close()
+
+    def close(self) -> TableEntry:
+        self._finish()
+        if not self.rows:  # an empty table is one empty row group, as a whole-table write makes
+            self._writer.write_table(self.spec.schema.empty_table())
+        self._writer.close()
+        return TableEntry(self.spec.name, (self.spec.member,), self.rows, T.SCHEMA_VERSION)
+
+
+class _MetricsWriter(_RowGroups):
+    """Writes metric points in arrival order, as fixed-size row groups split into parts."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self._dir = directory
+        self._writer: pq.ParquetWriter | None = None
+        self._part_rows = 0
+        self.parts: list[str] = []
+
+    def _write(self, group: pa.Table) -> None:
+        head = group.cast(T.METRICS.schema).combine_chunks()
         if self._writer is None or self._part_rows >= METRIC_PART_ROWS:
             self._open_part(head)
         assert self._writer is not None
@@ -189,8 +235,7 @@ class _MetricsWriter:
         self._part_rows = 0
 
     def close(self) -> None:
-        if self._pending_rows:
-            self._flush(self._pending_rows)
+        self._finish()
         if self._writer is None:
             self._open_part(None)
         assert self._writer is not None
@@ -268,8 +313,9 @@ class ArchiveWriter:
         self._experiments: list[ExperimentRecord] = []
         self._runs: list[RunRecord] = []
         """Runs added since the last :meth:`_flush_runs`."""
-        self._run_parts: dict[str, list[pa.Table]] = defaultdict(list)
-        """The run tables so far, :data:`RUNS_HELD` runs a part: Arrow, not Python objects."""
+        self._run_tables = {spec.name: _TableWriter(self._staging, spec) for spec in _RUN_TABLES}
+        """The run tables, written :data:`RUNS_HELD` runs at a time as runs arrive (in run id
+        order, so each table's rows arrive in its order)."""
         self._last_run_id = ""
         self._run_count = 0
         self._deleted_runs = 0
@@ -394,15 +440,13 @@ class ArchiveWriter:
     # -- finishing ----------------------------------------------------------------------------
 
     def _flush_runs(self) -> None:
-        """Turn the runs held as records into parts of the run tables (always one part, maybe
-        empty, per table)."""
-        runs = self._runs
-        if not runs and self._run_parts:
-            return
-        rows = _run_rows(runs)
+        """Write the runs held as records to the run tables. Runs come in run id order and each
+        table's order starts with the run id, so sorting a chunk's rows puts them in place."""
+        rows = _run_rows(self._runs)
         for spec in _RUN_TABLES:
-            self._run_parts[spec.name].append(
-                pa.Table.from_pylist(rows[spec.name], schema=spec.schema)
+            table = pa.Table.from_pylist(rows[spec.name], schema=spec.schema)
+            self._run_tables[spec.name].append(
+                table.sort_by([(c, "ascending") for c in spec.sort_key])
             )
         self._runs = []
 
@@ -446,10 +490,7 @@ class ArchiveWriter:
                     for k, v in e.tags
                 ),
             ),
-            *(
-                self._write_arrow(spec, pa.concat_tables(self._run_parts[spec.name]))
-                for spec in _RUN_TABLES
-            ),
+            *(writer.close() for writer in self._run_tables.values()),
             self._write_table(
                 T.ARTIFACTS,
                 (
@@ -534,6 +575,8 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Remove everything this writer made; the destination is left untouched."""
         self._held.clear()
+        for writer in self._run_tables.values():
+            writer.discard()
         shutil.rmtree(self._staging, ignore_errors=True)
         self._partial.unlink(missing_ok=True)
 
