@@ -144,22 +144,29 @@ class Container:
 
     def read(self, name: str, limit: int) -> bytes:
         """The whole member, refusing one larger than ``limit`` bytes."""
-        if self.size(name) > limit:
+        size = self.size(name)
+        if size > limit:
             raise ArchiveFormatError(
-                f"is {self.size(name)} bytes, more than the {limit} allowed",
+                f"is {size} bytes, more than the {limit} allowed",
                 where=self.where(name),
                 hint=_HINT_HOSTILE,
             )
         try:
             with self.open(name) as fh:
-                data = fh.read(limit + 1)[:limit]
+                # one byte past the size its header gives finds a member longer than that; a
+                # buffer of ``limit`` bytes would be allocated, for nothing, on every read
+                data = fh.read(size + 1)
         except OSError as exc:
             raise ArchiveFormatError(
                 f"cannot be read ({exc.strerror or exc})", where=self.where(name)
             ) from None
-        if len(data) != self.size(name):
+        if len(data) != size:
             raise ArchiveFormatError(
-                "is shorter than its header says", where=self.where(name), hint=_HINT_DAMAGED
+                "is shorter than its header says"
+                if len(data) < size
+                else "changed while being read (longer than its size)",
+                where=self.where(name),
+                hint=_HINT_DAMAGED,
             )
         return data
 
