@@ -15,20 +15,17 @@ from mlflow import MlflowClient
 
 
 @contextmanager
-def global_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (traces, prompts, datasets) and its database registry store use the
-    process-wide tracking URI: point it at ``uri`` for the block, then put back exactly what was
-    there: the module globals as they were (``get_registry_uri()`` would return a resolved
-    default, which set back would pin every later client's registry to it) and the environment
-    variables ``set_*_uri`` also write."""
+def uris_kept() -> Iterator[None]:
+    """Put back, after the block, exactly what MLflow's process-wide URIs were: the module
+    globals as they were (``get_registry_uri()`` would return a resolved default, which set back
+    would pin every later client's registry to it) and the environment variables ``set_*_uri``
+    also write."""
     import mlflow.tracking._model_registry.utils as registry_utils
     import mlflow.tracking._tracking_service.utils as tracking_utils
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = tracking_utils._tracking_uri, registry_utils._registry_uri
     saved_env = {name: os.environ.get(name) for name in names}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
@@ -38,6 +35,16 @@ def global_uri(uri: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def global_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (traces, prompts, datasets) and its database registry store use the
+    process-wide tracking URI: point it at ``uri`` for the block (:func:`uris_kept`)."""
+    with uris_kept():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
 
 
 def seed_families(uri: str, prefix: str, artifact_root: Path) -> None:

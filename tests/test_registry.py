@@ -14,6 +14,7 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 from conftest import MlflowServer
+from families_workload import uris_kept
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelInput
 
@@ -30,11 +31,11 @@ class AddOne(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 
 @pytest.fixture
 def global_uri() -> Iterator[None]:
-    """MLflow's fluent API uses process-wide URIs: leave them as they were."""
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
+    """MLflow's fluent API uses process-wide URIs: leave them exactly as they were (restoring
+    ``get_registry_uri()``'s resolved default pinned later clients' registries to this test's
+    store, seen as a lock test failing after this file)."""
+    with uris_kept():
+        yield
 
 
 def _use(url: str) -> None:
