@@ -42,6 +42,7 @@ from .manifest import (
     parse_manifest,
 )
 from .records import ArtifactRecord, DatasetInputRecord, ExperimentRecord, RunRecord
+from .run_order import RunOrdered, in_run_order
 
 __all__ = ["HELD_RUN_ROWS", "ArchiveReader", "RunPoints", "artifact_path_problem", "schema_problem"]
 
@@ -59,6 +60,7 @@ _PARQUET_ERRORS = (
     MemoryError,
 )
 _ZSTD_ERRORS = (zstandard.ZstdError, OSError, ValueError, MemoryError)
+_COUNTS = pa.schema([("run_id", pa.string()), ("rows", pa.int64())])
 
 MAX_ROW_GROUP_ROWS = 1 << 22
 """Rows in one Parquet row group; the writer writes 65,536."""
@@ -291,22 +293,64 @@ class ArchiveReader:
 
     def iter_metric_batches(self) -> Iterator[pa.RecordBatch]:
         """Metric points in archive order, one row group at a time."""
-        for member in self.table_members(T.METRICS.name):
-            pf = self.parquet_file(T.METRICS, member)
+        for group in self.iter_groups(T.METRICS):
+            yield from group.to_batches()
+
+    def iter_groups(self, spec: T.TableSpec) -> Iterator[pa.Table]:
+        """A table's row groups in archive order, each checked and cast to the table's schema
+        (none if the archive's format predates the table)."""
+        if self.absent_by_version(spec):
+            return
+        for member in self.table_members(spec.name):
+            pf = self.parquet_file(spec, member)
             for i in range(pf.num_row_groups):
-                yield from self.metric_group(member, pf, i).to_batches()
+                yield self.row_group(spec, member, pf, i)
 
     def metric_group(self, member: str, pf: pq.ParquetFile, i: int) -> pa.Table:
         """Row group ``i`` of a metrics member, checked and cast to the table's schema."""
+        return self.row_group(T.METRICS, member, pf, i)
+
+    def row_group(self, spec: T.TableSpec, member: str, pf: pq.ParquetFile, i: int) -> pa.Table:
+        """Row group ``i`` of a member of ``spec``'s table, checked and cast to its schema."""
         try:
             group = pf.read_row_group(i)
             group.validate(full=True)
-            return group.cast(T.METRICS.schema)
+            return group.cast(spec.schema)
         except _PARQUET_ERRORS as exc:
             raise ArchiveFormatError(
                 f"row group {i} cannot be decoded ({_reason(exc)})",
                 where=self.container.where(member),
             ) from None
+
+    def in_run_order(self, spec: T.TableSpec) -> RunOrdered:
+        """A run table's rows, handed out a chunk of runs at a time (:mod:`.run_order`)."""
+        return RunOrdered(self._checked_order(spec, self.iter_groups(spec)), spec.schema)
+
+    def _checked_order(self, spec: T.TableSpec, groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        members = self.table_members(spec.name)
+        where = self.container.where(members[0]) if len(members) == 1 else self.path
+        return in_run_order(groups, spec.name, where)
+
+    def metric_counts(self) -> RunOrdered:
+        """``(run_id, rows)``: the points each run holds, in run id order (only the ``run_id``
+        column of ``metrics`` is decoded), handed out a chunk of runs at a time."""
+
+        def counts() -> Iterator[pa.Table]:
+            ids: list[str] = []
+            rows: list[int] = []
+            for run_id, segment in self._metric_segments():
+                if ids and ids[-1] == run_id:
+                    rows[-1] += segment.length
+                    continue
+                ids.append(run_id)
+                rows.append(segment.length)
+                if len(ids) >= RUNS_AT_A_TIME:
+                    yield pa.table({"run_id": ids[:-1], "rows": rows[:-1]}, _COUNTS)
+                    ids, rows = ids[-1:], rows[-1:]
+            if ids:
+                yield pa.table({"run_id": ids, "rows": rows}, _COUNTS)
+
+        return RunOrdered(self._checked_order(T.METRICS, counts()), _COUNTS)
 
     def _metric_segments(self) -> Iterator[tuple[str, _Segment]]:
         """``(run_id, segment)`` for each stretch of one run's rows in a row group, in archive
@@ -329,13 +373,6 @@ class ArchiveReader:
                 for run_id, end in zip(ids, ends, strict=True):
                     yield run_id, _Segment(member, i, start, end - start)
                     start = end
-
-    def metric_rows_per_run(self) -> dict[str, int]:
-        """Metric points per run (only the ``run_id`` column is decoded)."""
-        out: dict[str, int] = defaultdict(int)
-        for run_id, segment in self._metric_segments():
-            out[run_id] += segment.length
-        return dict(out)
 
     def iter_run_metrics(self) -> Iterator[tuple[str, RunPoints]]:
         """``(run_id, points)`` for each run with metrics, in archive (run_id) order.
@@ -395,23 +432,38 @@ class ArchiveReader:
         return [run for chunk in self.iter_runs() for run in chunk]
 
     def iter_runs(self, chunk: int | None = None) -> Iterator[list[RunRecord]]:
-        """The runs in archive (run_id) order, ``chunk`` at a time. The tables stay Arrow; only
-        one chunk's rows become Python objects, so a caller that lets each chunk go holds one
-        chunk's runs whatever the number of runs."""
+        """The runs in archive (run id) order, ``chunk`` at a time. Every run table is read a row
+        group at a time and merged by run id (:mod:`.run_order`); only one chunk's rows become
+        Python objects, so a caller that lets each chunk go holds one chunk's runs and a row
+        group per table, whatever the number of runs."""
+        for runs, _ in self.iter_runs_with_artifacts(chunk):
+            yield runs
+
+    def iter_runs_with_artifacts(
+        self, chunk: int | None = None
+    ) -> Iterator[tuple[list[RunRecord], dict[str, list[ArtifactRecord]]]]:
+        """:meth:`iter_runs`, each chunk with its runs' artifact records by run id."""
         chunk = chunk or RUNS_AT_A_TIME
-        runs = self.read_table(T.RUNS)
-        tables = [
-            self.read_table(spec)
-            for spec in (T.RUN_PARAMS, T.RUN_TAGS, T.DATASET_INPUT_TAGS, T.DATASET_INPUTS)
-        ]
-        for start in range(0, runs.num_rows, chunk):
-            rows = runs.slice(start, chunk)
-            whole = start == 0 and rows.num_rows == runs.num_rows
-            ids = rows.column("run_id").combine_chunks()
-            params, tags, input_tag_rows, input_rows = (
-                t if whole else _of_runs(t, ids) for t in tables
+        sides = [
+            self.in_run_order(spec)
+            for spec in (
+                T.RUN_PARAMS,
+                T.RUN_TAGS,
+                T.DATASET_INPUT_TAGS,
+                T.DATASET_INPUTS,
+                T.ARTIFACTS,
             )
-            yield _run_records(rows, params, tags, input_tag_rows, input_rows)
+        ]
+        counts = self.metric_counts()
+        for rows in _slices(self._checked_order(T.RUNS, self.iter_groups(T.RUNS)), chunk):
+            ids = rows.column("run_id").combine_chunks()
+            params, tags, input_tags, inputs, artifacts = (side.of(ids) for side in sides)
+            points = counts.of(ids)
+            found: dict[str, list[ArtifactRecord]] = defaultdict(list)
+            for row in artifacts.to_pylist():
+                found[row["run_id"]].append(ArtifactRecord(**row))
+            records = _run_records(rows, params, tags, input_tags, inputs, points)
+            yield records, found
 
     def dangling_run_references(self, key: str) -> list[tuple[str, str]]:
         """``(run id, value)`` of the runs whose tag ``key`` names a run that is not in the
@@ -429,18 +481,6 @@ class ArchiveReader:
                 strict=True,
             )
         )
-
-    def iter_runs_with_artifacts(
-        self, chunk: int | None = None
-    ) -> Iterator[tuple[list[RunRecord], dict[str, list[ArtifactRecord]]]]:
-        """:meth:`iter_runs`, each chunk with its runs' artifact records by run id."""
-        table = self.read_table(T.ARTIFACTS)
-        for runs in self.iter_runs(chunk):
-            ids = pa.array([r.run_id for r in runs], pa.string())
-            found: dict[str, list[ArtifactRecord]] = defaultdict(list)
-            for row in _of_runs(table, ids).to_pylist():
-                found[row["run_id"]].append(ArtifactRecord(**row))
-            yield runs, found
 
     def artifacts(self) -> list[ArtifactRecord]:
         return [ArtifactRecord(**row) for row in self.read_table(T.ARTIFACTS).to_pylist()]
@@ -617,9 +657,20 @@ def _version(text: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
-def _of_runs(table: pa.Table, run_ids: pa.Array) -> pa.Table:
-    """The rows of ``table`` whose ``run_id`` is one of ``run_ids``."""
-    return table.filter(pc.is_in(table.column("run_id"), value_set=run_ids))
+def _slices(groups: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The rows of ``groups`` as tables of ``rows`` rows (the last may be shorter)."""
+    pending: list[pa.Table] = []
+    held = 0
+    for group in groups:
+        pending.append(group)
+        held += group.num_rows
+        while held >= rows:
+            merged = pa.concat_tables(pending)
+            yield merged.slice(0, rows)
+            rest = merged.slice(rows)
+            pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+    if held:
+        yield pa.concat_tables(pending)
 
 
 def _run_records(
@@ -628,8 +679,16 @@ def _run_records(
     tags_table: pa.Table,
     input_tags_table: pa.Table,
     inputs_table: pa.Table,
+    points_table: pa.Table,
 ) -> list[RunRecord]:
     """Run records of the rows of ``runs``, with their rows of the other tables."""
+    points = dict(
+        zip(
+            points_table.column("run_id").to_pylist(),
+            points_table.column("rows").to_pylist(),
+            strict=True,
+        )
+    )
     params = _grouped(params_table, "run_id")
     tags = _grouped(tags_table, "run_id")
     input_tags: dict[tuple[str, str, str], list[tuple[str, str]]] = defaultdict(list)
@@ -665,6 +724,7 @@ def _run_records(
             tags=tuple(tags.get(row["run_id"], ())),
             inputs=tuple(inputs.get(row["run_id"], ())),
             source_json=row["source_json"],
+            metric_points=points.get(row["run_id"], 0),
         )
         for row in runs.to_pylist()
     ]

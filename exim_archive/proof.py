@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from .lineage import (
 )
 from .pool import ordered_map
 from .records import ArtifactRecord, RunRecord
+from .run_order import RunOrdered
 from .sink import (
     KEY_LIMIT,
     PARAM_VALUE_LIMIT,
@@ -69,36 +71,51 @@ class ProofReport:
             self.problems.append(text)
 
 
-def _distinct_points(reader: ArchiveReader) -> dict[str, dict[str, int]]:
-    """Distinct (key, step, timestamp, value) points per run and key: what a store keeps.
+_DISTINCT = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("new_sum", pa.int64())])
+
+
+def _distinct_points(reader: ArchiveReader) -> RunOrdered:
+    """Distinct (key, step, timestamp, value) points per run and key (what a store keeps), as
+    ``(run_id, key, new_sum)`` rows handed out a chunk of runs at a time; a run and key whose
+    points span row groups has a row per group (add them up).
 
     The metrics table is sorted by (run_id, key, step, timestamp, value), so equal points sit
     next to each other: a point is new when it differs from the one before. One row group at a
     time, whatever the length of a history."""
+
+    def groups() -> Iterator[pa.Table]:
+        last: tuple[object, ...] | None = None
+        for batch in reader.iter_metric_batches():
+            if not len(batch):
+                continue
+            values = pc.cast(batch.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
+            cols = [
+                batch.column("run_id"),
+                batch.column("key"),
+                batch.column("step"),
+                batch.column("timestamp"),
+                pa.array(values.view("int64")),
+            ]
+            n = len(batch)
+            new = pc.not_equal(cols[0].slice(1), cols[0].slice(0, n - 1))
+            for col in cols[1:]:
+                new = pc.or_(new, pc.not_equal(col.slice(1), col.slice(0, n - 1)))
+            first = tuple(c[0].as_py() for c in cols)
+            flags = pa.concat_arrays([pa.array([first != last]), new])
+            last = tuple(c[n - 1].as_py() for c in cols)
+            table = pa.table({"run_id": cols[0], "key": cols[1], "new": pc.cast(flags, pa.int64())})
+            sums = table.group_by(["run_id", "key"]).aggregate([("new", "sum")])
+            yield sums.select(_DISTINCT.names).cast(_DISTINCT).sort_by("run_id")
+
+    return RunOrdered(groups(), _DISTINCT)
+
+
+def _point_counts(rows: pa.Table) -> dict[str, dict[str, int]]:
+    """``run_id -> key -> distinct points`` of rows from :func:`_distinct_points`."""
     out: dict[str, dict[str, int]] = defaultdict(dict)
-    last: tuple[object, ...] | None = None
-    for batch in reader.iter_metric_batches():
-        if not len(batch):
-            continue
-        values = pc.cast(batch.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
-        cols = [
-            batch.column("run_id"),
-            batch.column("key"),
-            batch.column("step"),
-            batch.column("timestamp"),
-            pa.array(values.view("int64")),
-        ]
-        n = len(batch)
-        new = pc.not_equal(cols[0].slice(1), cols[0].slice(0, n - 1))
-        for col in cols[1:]:
-            new = pc.or_(new, pc.not_equal(col.slice(1), col.slice(0, n - 1)))
-        first = tuple(c[0].as_py() for c in cols)
-        flags = pa.concat_arrays([pa.array([first != last]), new])
-        last = tuple(c[n - 1].as_py() for c in cols)
-        table = pa.table({"run_id": cols[0], "key": cols[1], "new": pc.cast(flags, pa.int64())})
-        for row in table.group_by(["run_id", "key"]).aggregate([("new", "sum")]).to_pylist():
-            run = out[row["run_id"]]
-            run[row["key"]] = run.get(row["key"], 0) + row["new_sum"]
+    for row in rows.to_pylist():
+        run = out[row["run_id"]]
+        run[row["key"]] = run.get(row["key"], 0) + row["new_sum"]
     return out
 
 
@@ -175,7 +192,6 @@ def check_against(
         ) or MlflowSource(uri, error=TargetError, hint=hint)
         cleanup.callback(target.close)
         points = _distinct_points(reader)
-        rows = reader.metric_rows_per_run()
         experiment_ids = []
         experiment_map: dict[str, str] = {}
         for exp in reader.experiments():
@@ -206,7 +222,8 @@ def check_against(
         # the archive's runs a chunk at a time (bundle_reader.RUNS_AT_A_TIME): for every run the
         # proof keeps only its copies' ids and its distinct point counts per key
         for chunk, artifacts in reader.iter_runs_with_artifacts():
-            _check_chunk(report, chunk, artifacts, known, reader, points, rows)
+            ids = pa.array([run.run_id for run in chunk], pa.string())
+            _check_chunk(report, chunk, artifacts, known, reader, _point_counts(points.of(ids)))
         from .family_proof import check_families  # the family modules load only when needed
 
         writer = sink  # the sink as a name the lambda keeps (its client opens only for families)
@@ -237,7 +254,6 @@ def _check_chunk(
     target: _Target,
     reader: ArchiveReader,
     points: dict[str, dict[str, int]],
-    rows: dict[str, int],
 ) -> None:
     """Check one chunk of the archive's runs: their copies, counts, files and listings are read
     for these runs only."""
@@ -271,7 +287,7 @@ def _check_chunk(
         got = None
         copy = found.get(twins[0]) if twins else None
         if copy is not None:
-            state = source_state(run, rows.get(run.run_id, 0), artifacts.get(run.run_id, []))
+            state = source_state(run, run.metric_points, artifacts.get(run.run_id, []))
             if newer_copy(dict(copy.tags).get(STATE_TAG), created_at, state):
                 report.runs_checked += 1  # made from a newer archive: unpack leaves it
                 continue

@@ -72,6 +72,8 @@ class RunRecord:
     metric_last_steps: tuple[int, ...] = field(default=(), compare=False)
     """The step of each key's latest point (same order as ``metric_keys``): a size hint."""
     source_json: str = "{}"
+    metric_points: int = field(default=0, compare=False)
+    """Metric points an archive holds of the run (set by the archive reader; 0 elsewhere)."""
 
     @property
     def deleted(self) -> bool:

@@ -161,7 +161,6 @@ class _Unpacker:
         self.experiments = reader.experiments()
         # The runs themselves are read from the archive a chunk at a time, in each pass that
         # needs them (plan, create, fill): what is kept per run is ids, never records.
-        self.points = reader.metric_rows_per_run()
         self.run_ids: dict[str, str] = {}
         self.updating: set[str] = set()
         """Source runs whose complete copies this unpack brings up to date."""
@@ -265,7 +264,7 @@ class _Unpacker:
     def state(self, run: RunRecord, arts: list[ArtifactRecord]) -> str:
         """The run's :data:`.STATE_TAG`: this archive's pack time, then what it holds of the
         run (:func:`.source_state`), ``arts`` being its files."""
-        digest = source_state(run, self.points.get(run.run_id, 0), arts)
+        digest = source_state(run, run.metric_points, arts)
         return f"{self.origin.created_at} {digest}"
 
     def home(self, run: RunRecord, target: _Target) -> str | None:

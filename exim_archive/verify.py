@@ -26,6 +26,7 @@ from .container import show_name
 from .errors import ArchiveFormatError
 from .manifest import MANIFEST_DIGEST_MEMBER, MANIFEST_MEMBER
 from .progress import Progress
+from .run_order import in_run_order
 
 __all__ = ["VerifyReport", "artifact_path_problem", "verify"]
 
@@ -197,6 +198,8 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
     for spec in T.TABLES.values():
         if spec.primary_key and spec.name in loaded:
             _check_unique(reader, spec, loaded[spec.name], problems)
+        if spec.sort_key[0] == "run_id" and spec.name in loaded and loaded[spec.name].num_rows:
+            _check_run_order(reader, spec, loaded[spec.name], problems)
     _check_values(reader, loaded, problems)
     _check_references(reader, loaded, problems)
     _check_family_references(reader, loaded, problems)
@@ -249,6 +252,18 @@ def _check_unique(
             f"{_table_where(reader, spec.name)}: key ({key}) appears {row['count_all']} times; "
             f"{_HOSTILE}"
         )
+
+
+def _check_run_order(
+    reader: ArchiveReader, spec: T.TableSpec, table: pa.Table, problems: _Problems
+) -> None:
+    """A run table's rows come in run id order: readers take each chunk of runs' rows from the
+    front of every run table (:mod:`.run_order`)."""
+    try:
+        for _ in in_run_order([table], spec.name, _table_where(reader, spec.name)):
+            pass
+    except ArchiveFormatError as exc:
+        problems.add(str(exc))
 
 
 def _check_values(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems) -> None:

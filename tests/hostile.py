@@ -860,6 +860,12 @@ def _tables(good: bytes) -> list[Case]:
     unsorted = pa.concat_tables(
         [metrics.slice(metrics.num_rows - 1), metrics.slice(0, metrics.num_rows - 1)]
     )
+    # every run table is read a chunk of runs at a time, merged by run id (exim_archive.run_order)
+    runs_unsorted = pa.concat_tables([runs.slice(1), runs.slice(0, 1)])
+    tags = base.table("run_tags")
+    tags_unsorted = pa.concat_tables(
+        [tags.slice(tags.num_rows - 1), tags.slice(0, tags.num_rows - 1)]
+    )
     dup_runs = pa.concat_tables([runs, runs.slice(0, 1)])
     first_run = runs.column("run_id")[0].as_py()
     dup_experiment_name = set_column(
@@ -934,6 +940,20 @@ def _tables(good: bytes) -> list[Case]:
             "metrics-unsorted",
             with_table("metrics", unsorted),
             "not sorted by run_id",
+            fatal=False,
+        ),
+        Case(
+            "tables",
+            "runs-unsorted",
+            with_table("runs", runs_unsorted),
+            "table runs is not sorted by run_id",
+            fatal=False,
+        ),
+        Case(
+            "tables",
+            "run-tags-unsorted",
+            with_table("run_tags", tags_unsorted),
+            "table run_tags is not sorted by run_id",
             fatal=False,
         ),
         Case(

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, ViewType
 from workload import T0, as_sql_keeps, count_runs, seed_rich, snapshot
 
+from exim_archive import tables as T
 from exim_archive.bundle_reader import ArchiveReader
 from exim_archive.cli import main
 from exim_archive.errors import SourceError, TargetError
@@ -389,19 +390,24 @@ def test_runs_a_few_at_a_time_give_the_same_target(
     tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pack reads run records, its writer holds runs, and unpack streams the archive's runs
-    (plan, create, fill, proof), two at a time: the target is the source's, and a second unpack
-    finds every run complete."""
+    (plan, create, fill, proof), two at a time, every table written in row groups of three rows
+    (so a chunk's rows of each run table span row groups): the target is the source's, and a
+    second unpack finds every run complete."""
     import sys
 
     from exim_archive import bundle_reader, bundle_writer
 
     monkeypatch.setattr(sys.modules["exim_archive.pack"], "RUNS_AT_A_TIME", 2)
     monkeypatch.setattr(bundle_writer, "RUNS_HELD", 2)
+    monkeypatch.setattr(bundle_writer, "ROW_GROUP_ROWS", 3)
     monkeypatch.setattr(bundle_reader, "RUNS_AT_A_TIME", 2)
     src, dst = new_sqlite("src"), new_sqlite("dst")
     names = seed_rich(src, "chunks", tmp_path / "art")
     archive = tmp_path / "a.exim"
     pack(archive, tracking_uri=src)
+    with ArchiveReader(archive) as reader:
+        tags = reader.parquet_file(T.RUN_TAGS, reader.table_members("run_tags")[0])
+        assert tags.num_row_groups > 5  # more row groups than runs
     report = unpack(archive, tracking_uri=dst)
     assert report.runs_created == report.runs_checked == 5
     assert snapshot(dst, names) == snapshot(src, names)
