@@ -150,7 +150,8 @@ class MlflowSink:
         # concurrent log_inputs calls (UNIQUE constraint on datasets), so they go one at a time.
         self._inputs_lock = threading.Lock()
         self._artifact_uris: dict[str, str | None] = {}
-        """Of the runs this sink created (they hold nothing but ``create_run``'s tags)."""
+        """Of the runs this sink created and has not finished (they hold nothing but
+        ``create_run``'s tags until they are filled)."""
         self._pending: dict[str, _Held] = {}
         """What new runs keep for :meth:`finish_run` (direct SQL)."""
         self._ends: list[tuple[str, RunEnd, pa.Table | None]] = []
@@ -620,6 +621,7 @@ class MlflowSink:
         (:data:`END_GROUP_RUNS`): the group's last runs end at :meth:`end_runs`."""
         ends = run.status != "RUNNING" or run.end_time is not None
         held = self._pending.pop(run_id, None)
+        self._artifact_uris.pop(run_id, None)  # filled: kept per run in flight, not per run made
         fast = self._sql_metrics.get()
         if held is not None and fast is not None:
             if ends and run.status not in _RUN_STATUSES:
