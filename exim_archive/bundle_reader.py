@@ -48,6 +48,8 @@ __all__ = ["HELD_RUN_ROWS", "ArchiveReader", "RunPoints", "artifact_path_problem
 
 RUNS_AT_A_TIME = 1000
 """Runs :meth:`ArchiveReader.iter_runs` turns into Python objects at a time."""
+BATCH_ROWS = 8192
+"""Rows :meth:`ArchiveReader.iter_batches` decodes at a time."""
 _PARQUET_ERRORS = (
     pa.ArrowException,
     OSError,
@@ -293,38 +295,51 @@ class ArchiveReader:
 
     def iter_metric_batches(self) -> Iterator[pa.RecordBatch]:
         """Metric points in archive order, one row group at a time."""
-        for group in self.iter_groups(T.METRICS):
-            yield from group.to_batches()
-
-    def iter_groups(self, spec: T.TableSpec) -> Iterator[pa.Table]:
-        """A table's row groups in archive order, each checked and cast to the table's schema
-        (none if the archive's format predates the table)."""
-        if self.absent_by_version(spec):
-            return
-        for member in self.table_members(spec.name):
-            pf = self.parquet_file(spec, member)
+        for member in self.table_members(T.METRICS.name):
+            pf = self.parquet_file(T.METRICS, member)
             for i in range(pf.num_row_groups):
-                yield self.row_group(spec, member, pf, i)
+                yield from self.metric_group(member, pf, i).to_batches()
 
     def metric_group(self, member: str, pf: pq.ParquetFile, i: int) -> pa.Table:
         """Row group ``i`` of a metrics member, checked and cast to the table's schema."""
-        return self.row_group(T.METRICS, member, pf, i)
-
-    def row_group(self, spec: T.TableSpec, member: str, pf: pq.ParquetFile, i: int) -> pa.Table:
-        """Row group ``i`` of a member of ``spec``'s table, checked and cast to its schema."""
         try:
             group = pf.read_row_group(i)
             group.validate(full=True)
-            return group.cast(spec.schema)
+            return group.cast(T.METRICS.schema)
         except _PARQUET_ERRORS as exc:
             raise ArchiveFormatError(
                 f"row group {i} cannot be decoded ({_reason(exc)})",
                 where=self.container.where(member),
             ) from None
 
+    def iter_batches(self, spec: T.TableSpec, rows: int | None = None) -> Iterator[pa.Table]:
+        """A table's rows in archive order, up to ``rows`` (:data:`BATCH_ROWS`) at a time, each
+        checked and cast to the table's schema (none if the archive's format predates the
+        table). A row group is decoded a batch at a time: a 65,536-row group of runs' text
+        (their source JSON) takes tens of MB decoded whole."""
+        if self.absent_by_version(spec):
+            return
+        for member in self.table_members(spec.name):
+            batches = self.parquet_file(spec, member).iter_batches(
+                batch_size=rows or BATCH_ROWS, use_threads=False
+            )
+            while True:
+                try:
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    table = pa.Table.from_batches([batch])
+                    table.validate(full=True)
+                    table = table.cast(spec.schema)
+                except _PARQUET_ERRORS as exc:
+                    raise ArchiveFormatError(
+                        f"cannot be decoded ({_reason(exc)})", where=self.container.where(member)
+                    ) from None
+                yield table
+
     def in_run_order(self, spec: T.TableSpec) -> RunOrdered:
         """A run table's rows, handed out a chunk of runs at a time (:mod:`.run_order`)."""
-        return RunOrdered(self._checked_order(spec, self.iter_groups(spec)), spec.schema)
+        return RunOrdered(self._checked_order(spec, self.iter_batches(spec)), spec.schema)
 
     def _checked_order(self, spec: T.TableSpec, groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
         members = self.table_members(spec.name)
@@ -432,10 +447,10 @@ class ArchiveReader:
         return [run for chunk in self.iter_runs() for run in chunk]
 
     def iter_runs(self, chunk: int | None = None) -> Iterator[list[RunRecord]]:
-        """The runs in archive (run id) order, ``chunk`` at a time. Every run table is read a row
-        group at a time and merged by run id (:mod:`.run_order`); only one chunk's rows become
-        Python objects, so a caller that lets each chunk go holds one chunk's runs and a row
-        group per table, whatever the number of runs."""
+        """The runs in archive (run id) order, ``chunk`` at a time. Every run table is read a
+        batch of rows at a time and merged by run id (:mod:`.run_order`); only one chunk's rows
+        become Python objects, so a caller that lets each chunk go holds one chunk's runs and a
+        batch per table, whatever the number of runs."""
         for runs, _ in self.iter_runs_with_artifacts(chunk):
             yield runs
 
@@ -455,7 +470,7 @@ class ArchiveReader:
             )
         ]
         counts = self.metric_counts()
-        for rows in _slices(self._checked_order(T.RUNS, self.iter_groups(T.RUNS)), chunk):
+        for rows in _slices(self._checked_order(T.RUNS, self.iter_batches(T.RUNS)), chunk):
             ids = rows.column("run_id").combine_chunks()
             params, tags, input_tags, inputs, artifacts = (side.of(ids) for side in sides)
             points = counts.of(ids)

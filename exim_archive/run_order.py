@@ -3,8 +3,8 @@
 Every run table of an archive (``runs``, ``run_params``, ``run_tags``, the dataset tables,
 ``artifacts``, ``metrics``) is sorted by a key that starts with ``run_id`` (spec/1.0/format.md
 §6.3). A reader that walks the ``runs`` table a chunk at a time can therefore take each other
-table's rows for that chunk from the front of the table, one row group at a time: what is held is
-one row group per table and one chunk's rows, whatever the number of runs. The order is checked
+table's rows for that chunk from the front of the table, a batch of rows at a time: what is held is
+one batch per table and one chunk's rows, whatever the number of runs. The order is checked
 as the rows go by, so an archive that breaks it is refused instead of read wrong.
 """
 

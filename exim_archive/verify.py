@@ -12,9 +12,7 @@ import hashlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,7 +24,6 @@ from .container import show_name
 from .errors import ArchiveFormatError
 from .manifest import MANIFEST_DIGEST_MEMBER, MANIFEST_MEMBER
 from .progress import Progress
-from .run_order import in_run_order
 
 __all__ = ["VerifyReport", "artifact_path_problem", "verify"]
 
@@ -171,10 +168,14 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
     manifest = reader.manifest
     about = reader.container.where(MANIFEST_MEMBER)
     loaded: dict[str, pa.Table] = {}
+    """Each table, whole; of a table of runs' rows (:func:`_streamed`), only what other tables'
+    checks read (``runs``: run and experiment ids; the others: nothing)."""
+    counted: dict[str, int] = {}
     for spec in T.TABLES.values():
         entry = manifest.tables.get(spec.name)
         if entry is None and reader.absent_by_version(spec):
             loaded[spec.name] = spec.schema.empty_table()
+            counted[spec.name] = 0
             continue
         if entry is None:
             problems.add(f"{about}: lists no table {spec.name}; {_HOSTILE}")
@@ -182,9 +183,13 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
         try:
             if spec is T.METRICS:
                 rows = _metric_rows(reader, problems)
+            elif _streamed(spec):
+                rows, kept = _scan_run_table(reader, spec, loaded, problems)
+                loaded[spec.name] = kept
+                counted[spec.name] = rows
             else:
                 loaded[spec.name] = reader.read_table(spec)
-                rows = loaded[spec.name].num_rows
+                rows = counted[spec.name] = loaded[spec.name].num_rows
         except ArchiveFormatError as exc:
             problems.add(str(exc))
             continue
@@ -196,16 +201,107 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
     if problems:
         return
     for spec in T.TABLES.values():
-        if spec.primary_key and spec.name in loaded:
+        if spec.primary_key and spec.name in loaded and not _streamed(spec):
             _check_unique(reader, spec, loaded[spec.name], problems)
-        if spec.sort_key[0] == "run_id" and spec.name in loaded and loaded[spec.name].num_rows:
-            _check_run_order(reader, spec, loaded[spec.name], problems)
     _check_values(reader, loaded, problems)
     _check_references(reader, loaded, problems)
     _check_family_references(reader, loaded, problems)
-    _check_counts(reader, loaded, problems)
+    _check_counts(reader, counted, problems)
     if not problems:
         _check_artifacts(reader, problems)
+
+
+def _streamed(spec: T.TableSpec) -> bool:
+    """A table of runs' rows (maybe millions), checked a batch at a time: its sort key starts
+    with ``run_id`` and is its primary key, so a repeated key would sit next to its twin."""
+    return spec.sort_key[0] == "run_id" and spec.primary_key == spec.sort_key
+
+
+def _scan_run_table(
+    reader: ArchiveReader, spec: T.TableSpec, loaded: dict[str, pa.Table], problems: _Problems
+) -> tuple[int, pa.Table]:
+    """Every check of a :func:`_streamed` table, one batch of rows at a time: each row decodes;
+    rows in sort key order and no key twice (each row against the one before); the values of
+    :data:`_ALLOWED`; references to tables checked before (in ``loaded``). Memory stays one
+    batch whatever the number of runs. Returns the row count and, of ``runs``, its run and
+    experiment ids (which other tables' checks read)."""
+    where = _table_where(reader, spec.name)
+    keys = list(spec.sort_key)
+    allowed = dict(_ALLOWED.get(spec.name, ()))
+    bad: dict[str, set[object]] = defaultdict(set)
+    targets = {
+        column: (target, pc.unique(loaded[target][target_column]))
+        for column, target, target_column in spec.references
+        if target in loaded  # else it failed to load, a problem already
+    }
+    missing: dict[str, set[str]] = defaultdict(set)
+    kept: list[pa.Table] = []
+    rows = 0
+    last: pa.Table | None = None  # the previous batch's last row, its sort key columns
+    disorder = repeat = False
+    for batch in reader.iter_batches(spec):
+        if not batch.num_rows:
+            continue
+        rows += batch.num_rows
+        for column, values in allowed.items():
+            bad[column].update(v for v in pc.unique(batch[column]).to_pylist() if v not in values)
+        for column, (_, value_set) in targets.items():
+            if len(missing[column]) < 5:
+                missing[column].update(_missing(batch[column], value_set))
+        if spec is T.RUNS:
+            kept.append(batch.select(["run_id", "experiment_id"]))
+        key_rows = batch.select(keys)
+        both = key_rows if last is None else pa.concat_tables([last, key_rows])
+        last = key_rows.slice(key_rows.num_rows - 1)
+        after, same = _against_previous(both.combine_chunks(), keys)
+        if not disorder and after >= 0:
+            disorder = True
+            problems.add(
+                f"{where}: rows are not sorted by ({', '.join(keys)}): "
+                f"({_key_text(both, keys, after + 1)}) comes after "
+                f"({_key_text(both, keys, after)}); {_HOSTILE}"
+            )
+        if not repeat and same >= 0:
+            repeat = True
+            problems.add(
+                f"{where}: key ({_key_text(both, keys, same)}) appears more than once; {_HOSTILE}"
+            )
+    for column, values in allowed.items():
+        for value in sorted(bad[column], key=repr)[:5]:
+            problems.add(
+                f"{where}: column {column} holds {_q(value)}, not one of {', '.join(values)}; "
+                f"{_HOSTILE}"
+            )
+    for column, (target, _) in targets.items():
+        for value in sorted(missing[column])[:5]:
+            problems.add(
+                f"{where}: {column} {_q(value)} is not in table {target} (a row that belongs to "
+                f"nothing in the archive); {_HOSTILE}"
+            )
+    if spec is T.RUNS:
+        schema = pa.schema([spec.schema.field("run_id"), spec.schema.field("experiment_id")])
+        return rows, pa.concat_tables(kept) if kept else schema.empty_table()
+    return rows, spec.schema.empty_table()
+
+
+def _against_previous(table: pa.Table, keys: list[str]) -> tuple[int, int]:
+    """The first row whose sort key is greater than the next row's, and the first row whose
+    sort key equals the next row's (-1: none)."""
+    n = table.num_rows
+    if n < 2:
+        return -1, -1
+    greater: pa.Array | None = None
+    equal: pa.Array | None = None
+    for name in keys:
+        before, now = table[name].slice(0, n - 1), table[name].slice(1)
+        gt, eq = pc.greater(before, now), pc.equal(before, now)
+        greater = gt if greater is None or equal is None else pc.or_(greater, pc.and_(equal, gt))
+        equal = eq if equal is None else pc.and_(equal, eq)
+    return int(pc.index(greater, True).as_py()), int(pc.index(equal, True).as_py())
+
+
+def _key_text(table: pa.Table, keys: list[str], row: int) -> str:
+    return ", ".join(f"{k}={_q(table[k][row].as_py())}" for k in keys)
 
 
 def _metric_rows(reader: ArchiveReader, problems: _Problems) -> int:
@@ -254,20 +350,10 @@ def _check_unique(
         )
 
 
-def _check_run_order(
-    reader: ArchiveReader, spec: T.TableSpec, table: pa.Table, problems: _Problems
-) -> None:
-    """A run table's rows come in run id order: readers take each chunk of runs' rows from the
-    front of every run table (:mod:`.run_order`)."""
-    try:
-        for _ in in_run_order([table], spec.name, _table_where(reader, spec.name)):
-            pass
-    except ArchiveFormatError as exc:
-        problems.add(str(exc))
-
-
 def _check_values(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems) -> None:
     for name, columns in _ALLOWED.items():
+        if _streamed(T.TABLES[name]):
+            continue  # checked as it was read (_scan_run_table)
         for column, allowed in columns:
             values = pc.unique(loaded[name][column]).to_pylist()
             for value in sorted(v for v in values if v not in allowed)[:5]:
@@ -300,6 +386,8 @@ def _check_references(
     reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems
 ) -> None:
     for spec in T.TABLES.values():
+        if _streamed(spec):
+            continue  # checked as it was read (_scan_run_table)
         for column, target, target_column in spec.references:
             allowed = pc.unique(loaded[target][target_column])
             if spec is T.METRICS:
@@ -316,6 +404,12 @@ def _check_references(
                 )
 
 
+def _present(values: pa.ChunkedArray, column: pa.ChunkedArray) -> set[object]:
+    """Those of ``values`` (a few) that ``column`` (maybe every run's) holds."""
+    found = pc.is_in(values, value_set=pc.unique(column))
+    return set(values.filter(found).to_pylist())
+
+
 def _keys(table: pa.Table, columns: tuple[str, ...]) -> set[tuple[object, ...]]:
     return set(zip(*(table.column(c).to_pylist() for c in columns), strict=True))
 
@@ -328,8 +422,8 @@ def _check_family_references(
     naming an existing version."""
     versions = loaded["model_versions"]
     known = {
-        "run": set(loaded["runs"].column("run_id").to_pylist()),
-        "model": set(loaded["logged_models"].column("model_id").to_pylist()),
+        "run": _present(versions.column("run_id"), loaded["runs"].column("run_id")),
+        "model": _present(versions.column("model_id"), loaded["logged_models"].column("model_id")),
     }
     where = _table_where(reader, "model_versions") if versions.num_rows else ""
     for row in versions.to_pylist():
@@ -355,25 +449,21 @@ def _check_family_references(
             )
 
 
-def _rows_of(loaded: dict[str, pa.Table], name: str) -> int:
-    return int(loaded[name].num_rows)
-
-
-def _check_counts(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems) -> None:
+def _check_counts(reader: ArchiveReader, counted: dict[str, int], problems: _Problems) -> None:
     counts = reader.manifest.counts
-    expected: dict[str, Callable[[], int]] = {
-        "experiments": lambda: loaded["experiments"].num_rows,
-        "runs": lambda: loaded["runs"].num_rows,
-        "params": lambda: loaded["run_params"].num_rows,
-        "tags": lambda: loaded["run_tags"].num_rows,
-        "artifacts": lambda: loaded["artifacts"].num_rows,
-        **{name: partial(_rows_of, loaded, table) for name, table in FAMILY_COUNTS.items()},
+    expected = {
+        "experiments": counted["experiments"],
+        "runs": counted["runs"],
+        "params": counted["run_params"],
+        "tags": counted["run_tags"],
+        "artifacts": counted["artifacts"],
+        **{name: counted[table] for name, table in FAMILY_COUNTS.items()},
     }
     about = reader.container.where(MANIFEST_MEMBER)
     for name, actual in expected.items():
-        if name in counts and counts[name] != actual():
+        if name in counts and counts[name] != actual:
             problems.add(
-                f"{about}: counts {counts[name]} {name}, the tables hold {actual()}; {_HOSTILE}"
+                f"{about}: counts {counts[name]} {name}, the tables hold {actual}; {_HOSTILE}"
             )
 
 

@@ -867,6 +867,9 @@ def _tables(good: bytes) -> list[Case]:
         [tags.slice(tags.num_rows - 1), tags.slice(0, tags.num_rows - 1)]
     )
     dup_runs = pa.concat_tables([runs, runs.slice(0, 1)])
+    params = base.table("run_params")
+    dup_param = pa.concat_tables([params.slice(0, 1), params])  # in order, the twin next to it
+    orphan_param = pa.concat_tables([params, set_column(params.slice(0, 1), "run_id", ["f" * 32])])
     first_run = runs.column("run_id")[0].as_py()
     dup_experiment_name = set_column(
         experiments, "name", [experiments.column("name")[0].as_py()] * experiments.num_rows
@@ -946,14 +949,14 @@ def _tables(good: bytes) -> list[Case]:
             "tables",
             "runs-unsorted",
             with_table("runs", runs_unsorted),
-            "table runs is not sorted by run_id",
+            "rows are not sorted by (run_id)",
             fatal=False,
         ),
         Case(
             "tables",
             "run-tags-unsorted",
             with_table("run_tags", tags_unsorted),
-            "table run_tags is not sorted by run_id",
+            "rows are not sorted by (run_id, key)",
             fatal=False,
         ),
         Case(
@@ -961,6 +964,20 @@ def _tables(good: bytes) -> list[Case]:
             "duplicate-run",
             with_table("runs", dup_runs),
             f"run_id={first_run!r}",
+            fatal=False,
+        ),
+        Case(
+            "tables",
+            "duplicate-param",
+            with_table("run_params", dup_param),
+            "appears more than once",
+            fatal=False,
+        ),
+        Case(
+            "tables",
+            "param-of-unknown-run",
+            with_table("run_params", orphan_param),
+            f"run_id {'f' * 32!r} is not in table runs",
             fatal=False,
         ),
         Case(

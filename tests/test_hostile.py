@@ -132,6 +132,30 @@ def test_hostile_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert path.read_bytes() == case.data  # reading never writes to the archive
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["duplicate-param", "runs-unsorted", "param-of-unknown-run", "run-status-unknown", None],
+)
+def test_run_table_checks_hold_across_batches(
+    name: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify reads tables of runs' rows a batch at a time (bundle_reader.BATCH_ROWS): with one
+    row a batch, each row is still checked against the one before it, in the batch before; the
+    good archive (None) still verifies."""
+    from exim_archive import bundle_reader
+
+    monkeypatch.setattr(bundle_reader, "BATCH_ROWS", 1)
+    path = tmp_path / "a.exim"
+    if name is None:
+        path.write_bytes(GOOD)
+        assert verify_text(path) is None
+        return
+    case = next(c for c in CASES if c.family == "tables" and c.name == name)
+    path.write_bytes(case.data)
+    text = verify_text(path)
+    assert text is not None and case.expect in text
+
+
 def test_corpus_families() -> None:
     families = {c.family for c in CASES}
     assert families == {
