@@ -132,23 +132,17 @@ class RunPoints:
             return
         assert self._parts is not None
         reader, segments = self._parts
-        pending: list[pa.Table] = []
-        held = 0
-        opened: dict[str, pq.ParquetFile] = {}
-        for s in segments:
-            if s.member not in opened:
-                opened.clear()
-                opened[s.member] = reader.parquet_file(T.METRICS, s.member)
-            group = reader.metric_group(s.member, opened[s.member], s.group)
-            pending.append(_points_only(group.slice(s.offset, s.length)))
-            held += s.length
-            while held >= rows:
-                merged = pa.concat_tables(pending)
-                yield merged.slice(0, rows)
-                rest = merged.slice(rows)
-                pending, held = ([rest] if rest.num_rows else []), rest.num_rows
-        if held:
-            yield pa.concat_tables(pending)
+
+        def pieces() -> Iterator[pa.Table]:
+            opened: dict[str, pq.ParquetFile] = {}
+            for s in segments:
+                if s.member not in opened:
+                    opened.clear()
+                    opened[s.member] = reader.parquet_file(T.METRICS, s.member)
+                group = reader.metric_group(s.member, opened[s.member], s.group)
+                yield _points_only(group.slice(s.offset, s.length))
+
+        yield from _slices(pieces(), rows)
 
 
 class ArchiveReader:
