@@ -206,18 +206,19 @@ def check_against(
                     f"experiment {exp.name!r}: is {found.lifecycle_stage} in the target, "
                     f"{exp.lifecycle_stage} here"
                 )
-        # The target's copies by source run id, smallest run id first: ids only, so what the
-        # proof holds per run stays small; the runs themselves are read a chunk at a time.
-        copies: dict[str, list[str]] = defaultdict(list)
+        # The target's copy of each source run (the smallest run id, if there are more): ids
+        # only, so what the proof holds per run stays small; the runs are read a chunk at a time.
+        run_ids: dict[str, str] = {}
+        copies: dict[str, int] = {}
         others: set[str] = set()  # runs no unpack made
         for run_id, source_id in target.run_tag(experiment_ids, SOURCE_RUN_TAG):
-            if source_id is not None:
-                copies[source_id].append(run_id)
-            else:
+            if source_id is None:
                 others.add(run_id)
-        for ids in copies.values():
-            ids.sort()
-        run_ids = {source: ids[0] for source, ids in copies.items()}
+                continue
+            first = run_ids.setdefault(source_id, run_id)
+            if first != run_id:
+                copies[source_id] = copies.get(source_id, 1) + 1
+                run_ids[source_id] = min(first, run_id)
         known = _Target(target, sink, experiment_ids, copies, others, run_ids, workers)
         # the archive's runs a chunk at a time (bundle_reader.RUNS_AT_A_TIME): for every run the
         # proof keeps only its copies' ids and its distinct point counts per key
@@ -238,8 +239,8 @@ class _Target:
     source: MlflowSource | SqlSource
     sink: MlflowSink
     experiment_ids: list[str]
-    copies: dict[str, list[str]]
-    """Target run ids of each source run's copies, smallest first."""
+    copies: dict[str, int]
+    """How many copies a source run has in the target, of those with more than one."""
     others: set[str]
     """Ids of the target's runs that no unpack made."""
     run_ids: dict[str, str]
@@ -278,14 +279,14 @@ def _check_chunk(
         )
     )
     for run in chunk:
-        twins = target.copies.get(run.run_id, [])
-        if not twins and dict(run.tags).get(SOURCE_RUN_TAG) in target.others:
+        copy_id = target.run_ids.get(run.run_id)
+        if copy_id is None and dict(run.tags).get(SOURCE_RUN_TAG) in target.others:
             report.runs_checked += 1  # a copy of a target run: unpack leaves that run
             continue
-        if len(twins) > 1:
-            report.add(f"run {run.run_id}: {len(twins)} copies in the target")
+        if run.run_id in target.copies:
+            report.add(f"run {run.run_id}: {target.copies[run.run_id]} copies in the target")
         got = None
-        copy = found.get(twins[0]) if twins else None
+        copy = found.get(copy_id) if copy_id is not None else None
         if copy is not None:
             state = source_state(run, run.metric_points, artifacts.get(run.run_id, []))
             if newer_copy(dict(copy.tags).get(STATE_TAG), created_at, state):

@@ -458,6 +458,17 @@ def test_verify_against_finds_what_the_target_lost(
     assert "param 'p007' is missing or differs" in out
     assert "artifact 'random.bin' is missing or has another size" in out
     assert "artifact 'deep/er/est/model.txt' is missing or has another size" in out
+    # a second copy of a run (its bookkeeping tag on another target run): named, with the count
+    target = MlflowClient(dst)
+    some = target.search_runs(
+        [e.experiment_id for e in target.search_experiments()], max_results=1
+    )[0]
+    twin = target.create_run(some.info.experiment_id).info.run_id
+    target.set_tag(twin, SOURCE_RUN_TAG, some.data.tags[SOURCE_RUN_TAG])
+    assert main(["verify", archive, "--against", dst]) == 3
+    assert f"run {some.data.tags[SOURCE_RUN_TAG]}: 2 copies in the target" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.server
