@@ -424,6 +424,7 @@ class _Unpacker:
             for source_id, new_id in pairs:
                 self.run_ids[source_id] = new_id
                 self.report.runs_created += 1
+        self.to_create = set()  # made: their ids are in run_ids
         bar = Progress("unpack", len(self.to_fill), enabled=self.progress)
         items = self._with_metrics(by_source)
         with ExitStack() as stack:
@@ -436,7 +437,8 @@ class _Unpacker:
                 bar.advance()
         self.sink.end_runs()  # the last group of new runs' ends
         bar.close()
-        self.report.id_map["runs"] = dict(sorted(self.run_ids.items()))
+        self.run_ids = dict(sorted(self.run_ids.items()))  # one map, kept and reported
+        self.report.id_map["runs"] = self.run_ids
         self.write_families()
         self.apply_lifecycle(targets)
 
