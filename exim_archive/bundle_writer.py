@@ -55,8 +55,9 @@ they are the ``registered_models`` rows of kind ``prompt``, included in that cou
 
 ROW_GROUP_ROWS = 65_536
 RUNS_HELD = 1000
-"""Runs the writer holds as Python records before it turns them into Arrow (a pack's memory
-per run stays a few hundred bytes, whatever the number of runs)."""
+"""Runs the writer holds as Python records before it writes their rows to the run tables (what
+a pack holds of its runs stays this many records and a row group per table, whatever the number
+of runs)."""
 METRIC_PART_ROWS = 64 * ROW_GROUP_ROWS
 ZSTD_LEVEL = 3
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
