@@ -171,6 +171,7 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
     """Each table, whole; of a table of runs' rows (:func:`_streamed`), only what other tables'
     checks read (``runs``: run and experiment ids; the others: nothing)."""
     counted: dict[str, int] = {}
+    scanned = _Problems()  # keys and values of the tables of runs' rows: reported after step 4
     for spec in T.TABLES.values():
         entry = manifest.tables.get(spec.name)
         if entry is None and reader.absent_by_version(spec):
@@ -184,7 +185,7 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
             if spec is T.METRICS:
                 rows = _metric_rows(reader, problems)
             elif _streamed(spec):
-                rows, kept = _scan_run_table(reader, spec, loaded, problems)
+                rows, kept = _scan_run_table(reader, spec, loaded, scanned)
                 loaded[spec.name] = kept
                 counted[spec.name] = rows
             else:
@@ -200,6 +201,8 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
             )
     if problems:
         return
+    for text in scanned:
+        problems.add(text)
     for spec in T.TABLES.values():
         if spec.primary_key and spec.name in loaded and not _streamed(spec):
             _check_unique(reader, spec, loaded[spec.name], problems)
