@@ -17,12 +17,16 @@ import pyarrow.compute as pc
 
 from .errors import ArchiveFormatError
 
-__all__ = ["RunOrdered", "in_run_order"]
+__all__ = ["OutOfRunOrder", "RunOrdered", "in_run_order"]
+
+
+class OutOfRunOrder(ArchiveFormatError):
+    """A table's rows are not in ``run_id`` order (told apart from a row that cannot be read)."""
 
 
 def in_run_order(groups: Iterable[pa.Table], name: str, where: str) -> Iterator[pa.Table]:
     """``groups`` (tables with a ``run_id`` column), checked to be in ``run_id`` order within and
-    across them; an :class:`ArchiveFormatError` naming table ``name`` at ``where`` if not."""
+    across them; an :class:`OutOfRunOrder` naming table ``name`` at ``where`` if not."""
     last: str | None = None
     for group in groups:
         if not group.num_rows:
@@ -35,7 +39,7 @@ def in_run_order(groups: Iterable[pa.Table], name: str, where: str) -> Iterator[
                 pc.any(pc.less(ids.slice(1), ids.slice(0, group.num_rows - 1))).as_py()
             )
         if unordered:
-            raise ArchiveFormatError(
+            raise OutOfRunOrder(
                 f"table {name} is not sorted by run_id",
                 where=where,
                 hint="refusing a damaged or hostile archive (a run's rows must come together)",
@@ -48,11 +52,11 @@ class RunOrdered:
     """A table's rows in ``run_id`` order, handed out up to a run id at a time."""
 
     def __init__(self, groups: Iterable[pa.Table], schema: pa.Schema) -> None:
-        """``groups``: the table's row groups, already checked by :func:`in_run_order`."""
+        """``groups``: the table's batches of rows, already checked by :func:`in_run_order`."""
         self._groups = iter(groups)
         self._schema = schema
         self._held: pa.Table | None = None
-        """Rows read but not handed out yet (the rest of one row group)."""
+        """Rows read but not handed out yet (the rest of one batch)."""
 
     def upto(self, last: str) -> pa.Table:
         """The rows not handed out yet whose ``run_id`` is at most ``last``, in order."""

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -24,6 +25,7 @@ from .container import show_name
 from .errors import ArchiveFormatError
 from .manifest import MANIFEST_DIGEST_MEMBER, MANIFEST_MEMBER
 from .progress import Progress
+from .run_order import OutOfRunOrder, in_run_order
 
 __all__ = ["VerifyReport", "artifact_path_problem", "verify"]
 
@@ -231,7 +233,7 @@ def _scan_run_table(
     where = _table_where(reader, spec.name)
     keys = list(spec.sort_key)
     allowed = dict(_ALLOWED.get(spec.name, ()))
-    bad: dict[str, set[object]] = defaultdict(set)
+    bad: dict[str, set[str]] = defaultdict(set)
     targets = {
         column: (target, pc.unique(loaded[target][target_column]))
         for column, target, target_column in spec.references
@@ -270,17 +272,11 @@ def _scan_run_table(
                 f"{where}: key ({_key_text(both, keys, same)}) appears more than once; {_HOSTILE}"
             )
     for column, values in allowed.items():
-        for value in sorted(bad[column], key=repr)[:5]:
-            problems.add(
-                f"{where}: column {column} holds {_q(value)}, not one of {', '.join(values)}; "
-                f"{_HOSTILE}"
-            )
+        for value in _not_allowed(bad[column], values):
+            problems.add(_value_problem(where, column, value, values))
     for column, (target, _) in targets.items():
         for value in sorted(missing[column])[:5]:
-            problems.add(
-                f"{where}: {column} {_q(value)} is not in table {target} (a row that belongs to "
-                f"nothing in the archive); {_HOSTILE}"
-            )
+            problems.add(_reference_problem(where, column, value, target))
     if spec is T.RUNS:
         schema = pa.schema([spec.schema.field("run_id"), spec.schema.field("experiment_id")])
         return rows, pa.concat_tables(kept) if kept else schema.empty_table()
@@ -308,28 +304,25 @@ def _key_text(table: pa.Table, keys: list[str], row: int) -> str:
 
 
 def _metric_rows(reader: ArchiveReader, problems: _Problems) -> int:
-    """Count metric points, checking they come grouped by run in ``run_id`` order."""
+    """Count metric points, checking they come grouped by run in ``run_id`` order (counted up
+    to and with the first row group out of order)."""
     rows = 0
-    last: str | None = None
-    for batch in reader.iter_metric_batches():
-        rows += len(batch)
-        if not len(batch):
-            continue
-        run_ids = batch.column("run_id")
-        first = run_ids[0].as_py()
-        unordered = last is not None and first < last
-        if len(batch) > 1:
-            unordered = (
-                unordered
-                or pc.any(pc.less(run_ids.slice(1), run_ids.slice(0, len(batch) - 1))).as_py()
-            )
-        if unordered:
-            problems.add(
-                f"{reader.container.where(MANIFEST_MEMBER)}: table metrics is not sorted by "
-                f"run_id (a run's points must come together); {_HOSTILE}"
-            )
-            break
-        last = run_ids[len(batch) - 1].as_py()
+    about = reader.container.where(MANIFEST_MEMBER)
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        nonlocal rows
+        for batch in reader.iter_metric_batches():
+            rows += len(batch)
+            yield batch
+
+    try:
+        for _ in in_run_order(counted(), T.METRICS.name, about):
+            pass
+    except OutOfRunOrder:
+        problems.add(
+            f"{about}: table metrics is not sorted by run_id (a run's points must come "
+            f"together); {_HOSTILE}"
+        )
     return rows
 
 
@@ -359,11 +352,8 @@ def _check_values(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: 
             continue  # checked as it was read (_scan_run_table)
         for column, allowed in columns:
             values = pc.unique(loaded[name][column]).to_pylist()
-            for value in sorted(v for v in values if v not in allowed)[:5]:
-                problems.add(
-                    f"{_table_where(reader, name)}: column {column} holds {_q(value)}, "
-                    f"not one of {', '.join(allowed)}; {_HOSTILE}"
-                )
+            for value in _not_allowed(values, allowed):
+                problems.add(_value_problem(_table_where(reader, name), column, value, allowed))
     names = loaded["experiments"]["name"]
     counts = pc.value_counts(names)
     for item in counts.filter(pc.greater(counts.field("counts"), 1)).to_pylist()[:5]:
@@ -371,6 +361,24 @@ def _check_values(reader: ArchiveReader, loaded: dict[str, pa.Table], problems: 
             f"{_table_where(reader, 'experiments')}: experiment name {_q(item['values'])} "
             f"appears {item['counts']} times (names are unique in MLflow); {_HOSTILE}"
         )
+
+
+def _not_allowed(values: Iterable[str], allowed: tuple[str, ...]) -> list[str]:
+    """The first five of ``values`` (unique) that are not ``allowed``."""
+    return sorted(v for v in values if v not in allowed)[:5]
+
+
+def _value_problem(where: str, column: str, value: str, allowed: tuple[str, ...]) -> str:
+    return (
+        f"{where}: column {column} holds {_q(value)}, not one of {', '.join(allowed)}; {_HOSTILE}"
+    )
+
+
+def _reference_problem(where: str, column: str, value: str, target: str) -> str:
+    return (
+        f"{where}: {column} {_q(value)} is not in table {target} (a row that belongs to nothing "
+        f"in the archive); {_HOSTILE}"
+    )
 
 
 def _q(value: object) -> str:
@@ -402,8 +410,7 @@ def _check_references(
                 missing = _missing(loaded[spec.name][column], allowed)
             for value in missing:
                 problems.add(
-                    f"{_table_where(reader, spec.name)}: {column} {_q(value)} is not in "
-                    f"table {target} (a row that belongs to nothing in the archive); {_HOSTILE}"
+                    _reference_problem(_table_where(reader, spec.name), column, value, target)
                 )
 
 
