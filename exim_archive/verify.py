@@ -173,7 +173,7 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
     """Each table, whole; of a table of runs' rows (:func:`_streamed`), only what other tables'
     checks read (``runs``: run and experiment ids; the others: nothing)."""
     counted: dict[str, int] = {}
-    scanned = _Problems()  # keys and values of the tables of runs' rows: reported after step 4
+    scanned = _Problems()  # what the batch-at-a-time reads found: reported after step 4
     for spec in T.TABLES.values():
         entry = manifest.tables.get(spec.name)
         if entry is None and reader.absent_by_version(spec):
@@ -185,7 +185,7 @@ def _check_tables(reader: ArchiveReader, problems: _Problems) -> None:
             continue
         try:
             if spec is T.METRICS:
-                rows = _metric_rows(reader, problems)
+                rows = _metric_rows(reader, loaded, problems, scanned)
             elif _streamed(spec):
                 rows, kept = _scan_run_table(reader, spec, loaded, scanned)
                 loaded[spec.name] = kept
@@ -234,11 +234,7 @@ def _scan_run_table(
     keys = list(spec.sort_key)
     allowed = dict(_ALLOWED.get(spec.name, ()))
     bad: dict[str, set[str]] = defaultdict(set)
-    targets = {
-        column: (target, pc.unique(loaded[target][target_column]))
-        for column, target, target_column in spec.references
-        if target in loaded  # else it failed to load, a problem already
-    }
+    targets = _reference_sets(spec, loaded)
     missing: dict[str, set[str]] = defaultdict(set)
     kept: list[pa.Table] = []
     rows = 0
@@ -250,9 +246,7 @@ def _scan_run_table(
         rows += batch.num_rows
         for column, values in allowed.items():
             bad[column].update(v for v in pc.unique(batch[column]).to_pylist() if v not in values)
-        for column, (_, value_set) in targets.items():
-            if len(missing[column]) < 5:
-                missing[column].update(_missing(batch[column], value_set))
+        _note_missing(batch, targets, missing)
         if spec is T.RUNS:
             kept.append(batch.select(["run_id", "experiment_id"]))
         key_rows = batch.select(keys)
@@ -274,9 +268,7 @@ def _scan_run_table(
     for column, values in allowed.items():
         for value in _not_allowed(bad[column], values):
             problems.add(_value_problem(where, column, value, values))
-    for column, (target, _) in targets.items():
-        for value in sorted(missing[column])[:5]:
-            problems.add(_reference_problem(where, column, value, target))
+    _add_missing(where, targets, missing, problems)
     if spec is T.RUNS:
         schema = pa.schema([spec.schema.field("run_id"), spec.schema.field("experiment_id")])
         return rows, pa.concat_tables(kept) if kept else schema.empty_table()
@@ -303,16 +295,22 @@ def _key_text(table: pa.Table, keys: list[str], row: int) -> str:
     return ", ".join(f"{k}={_q(table[k][row].as_py())}" for k in keys)
 
 
-def _metric_rows(reader: ArchiveReader, problems: _Problems) -> int:
+def _metric_rows(
+    reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems, scanned: _Problems
+) -> int:
     """Count metric points, checking they come grouped by run in ``run_id`` order (counted up
-    to and with the first row group out of order)."""
+    to and with the first row group out of order), and, in the same pass, that their runs are
+    in ``runs``: those problems go to ``scanned`` (reported after step 4)."""
     rows = 0
     about = reader.container.where(MANIFEST_MEMBER)
+    targets = _reference_sets(T.METRICS, loaded)
+    missing: dict[str, set[str]] = defaultdict(set)
 
     def counted() -> Iterator[pa.RecordBatch]:
         nonlocal rows
         for batch in reader.iter_metric_batches():
             rows += len(batch)
+            _note_missing(batch, targets, missing)
             yield batch
 
     try:
@@ -323,7 +321,42 @@ def _metric_rows(reader: ArchiveReader, problems: _Problems) -> int:
             f"{about}: table metrics is not sorted by run_id (a run's points must come "
             f"together); {_HOSTILE}"
         )
+    _add_missing(_table_where(reader, T.METRICS.name), targets, missing, scanned)
     return rows
+
+
+def _reference_sets(
+    spec: T.TableSpec, loaded: dict[str, pa.Table]
+) -> dict[str, tuple[str, pa.Array]]:
+    """Of each column of ``spec`` that references a table, that table and its values."""
+    return {
+        column: (target, pc.unique(loaded[target][target_column]))
+        for column, target, target_column in spec.references
+        if target in loaded  # else it failed to load, a problem already
+    }
+
+
+def _note_missing(
+    batch: pa.RecordBatch,
+    targets: dict[str, tuple[str, pa.Array]],
+    missing: dict[str, set[str]],
+) -> None:
+    """Add to ``missing`` the values of ``batch`` its referenced tables lack (five a column
+    are enough to report)."""
+    for column, (_, value_set) in targets.items():
+        if len(missing[column]) < 5:
+            missing[column].update(_missing(batch.column(column), value_set))
+
+
+def _add_missing(
+    where: str,
+    targets: dict[str, tuple[str, pa.Array]],
+    missing: dict[str, set[str]],
+    problems: _Problems,
+) -> None:
+    for column, (target, _) in targets.items():
+        for value in sorted(missing[column])[:5]:
+            problems.add(_reference_problem(where, column, value, target))
 
 
 def _table_where(reader: ArchiveReader, name: str) -> str:
@@ -397,18 +430,11 @@ def _check_references(
     reader: ArchiveReader, loaded: dict[str, pa.Table], problems: _Problems
 ) -> None:
     for spec in T.TABLES.values():
-        if _streamed(spec):
-            continue  # checked as it was read (_scan_run_table)
+        if _streamed(spec) or spec is T.METRICS:
+            continue  # checked as it was read (_scan_run_table, _metric_rows)
         for column, target, target_column in spec.references:
             allowed = pc.unique(loaded[target][target_column])
-            if spec is T.METRICS:
-                bad: set[str] = set()
-                for batch in reader.iter_metric_batches():
-                    bad.update(_missing(batch.column(column), allowed))
-                missing = sorted(bad)[:5]
-            else:
-                missing = _missing(loaded[spec.name][column], allowed)
-            for value in missing:
+            for value in _missing(loaded[spec.name][column], allowed):
                 problems.add(
                     _reference_problem(_table_where(reader, spec.name), column, value, target)
                 )
