@@ -306,16 +306,21 @@ class ArchiveReader:
                 where=self.container.where(member),
             ) from None
 
-    def iter_batches(self, spec: T.TableSpec, rows: int | None = None) -> Iterator[pa.Table]:
+    def iter_batches(
+        self, spec: T.TableSpec, rows: int | None = None, columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
         """A table's rows in archive order, up to ``rows`` (:data:`BATCH_ROWS`) at a time, each
         checked and cast to the table's schema (none if the archive's format predates the
-        table). A row group is decoded a batch at a time: a 65,536-row group of runs' text
-        (their source JSON) takes tens of MB decoded whole."""
+        table); only ``columns`` if given. A row group is decoded a batch at a time: a
+        65,536-row group of runs' text (their source JSON) takes tens of MB decoded whole."""
         if self.absent_by_version(spec):
             return
+        schema = spec.schema
+        if columns is not None:
+            schema = pa.schema([spec.schema.field(name) for name in columns])
         for member in self.table_members(spec.name):
             batches = self.parquet_file(spec, member).iter_batches(
-                batch_size=rows or BATCH_ROWS, use_threads=False
+                batch_size=rows or BATCH_ROWS, columns=columns, use_threads=False
             )
             while True:
                 try:
@@ -324,7 +329,7 @@ class ArchiveReader:
                         break
                     table = pa.Table.from_batches([batch])
                     table.validate(full=True)
-                    table = table.cast(spec.schema)
+                    table = table.cast(schema)
                 except _PARQUET_ERRORS as exc:
                     raise ArchiveFormatError(
                         f"cannot be decoded ({_reason(exc)})", where=self.container.where(member)
@@ -476,13 +481,20 @@ class ArchiveReader:
 
     def dangling_run_references(self, key: str) -> list[tuple[str, str]]:
         """``(run id, value)`` of the runs whose tag ``key`` names a run that is not in the
-        archive (an empty value names none), in run id order; from the tables, no records."""
-        tags = self.read_table(T.RUN_TAGS)
-        named = tags.filter(
-            pc.and_(pc.equal(tags.column("key"), key), pc.not_equal(tags.column("value"), ""))
-        )
-        in_archive = self.read_table(T.RUNS).column("run_id").combine_chunks()
-        dangling = named.filter(pc.invert(pc.is_in(named.column("value"), value_set=in_archive)))
+        archive (an empty value names none), in run id order; from the tables, no records,
+        a batch at a time: what is kept is the run ids and the tags ``key`` names."""
+        named = []
+        for tags in self.iter_batches(T.RUN_TAGS, columns=["run_id", "key", "value"]):
+            wanted = pc.and_(pc.equal(tags["key"], key), pc.not_equal(tags["value"], ""))
+            named.append(tags.filter(wanted).select(["run_id", "value"]))
+        found = pa.concat_tables(named) if named else None
+        if found is None or not found.num_rows:
+            return []
+        ids = [
+            chunk for b in self.iter_batches(T.RUNS, columns=["run_id"]) for chunk in b[0].chunks
+        ]
+        in_archive = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        dangling = found.filter(pc.invert(pc.is_in(found.column("value"), value_set=in_archive)))
         return list(
             zip(
                 dangling.column("run_id").to_pylist(),

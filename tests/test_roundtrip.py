@@ -358,12 +358,17 @@ def test_file_store_to_sqlite(
     assert snapshot(dst, names) == as_sql_keeps(snapshot(src, names))
 
 
+@pytest.mark.parametrize("batch_rows", [None, 1])
 def test_a_parent_outside_the_archive_is_noted_and_kept(
-    tmp_path: Path, new_sqlite: NewStore
+    tmp_path: Path, new_sqlite: NewStore, monkeypatch: pytest.MonkeyPatch, batch_rows: int | None
 ) -> None:
     """A run whose parent is in another experiment, packed without it: one note, and its
     mlflow.parentRunId keeps the source id; a parent inside the archive is remapped and an empty
-    parent tag names no run (no note)."""
+    parent tag names no run (no note). The same with the run tables read a row at a time."""
+    from exim_archive import bundle_reader
+
+    if batch_rows is not None:
+        monkeypatch.setattr(bundle_reader, "BATCH_ROWS", batch_rows)
     src, dst = new_sqlite("src"), new_sqlite("dst")
     c = MlflowClient(src)
     other = c.create_experiment("elsewhere", artifact_location=(tmp_path / "a1").as_uri())
