@@ -503,8 +503,11 @@ class ArchiveReader:
             )
         )
 
-    def artifacts(self) -> list[ArtifactRecord]:
-        return [ArtifactRecord(**row) for row in self.read_table(T.ARTIFACTS).to_pylist()]
+    def iter_artifacts(self) -> Iterator[ArtifactRecord]:
+        """The runs' files in archive order (by run, then path), read a batch at a time."""
+        for batch in self.iter_batches(T.ARTIFACTS):
+            for row in batch.to_pylist():
+                yield ArtifactRecord(**row)
 
     def model_artifacts(self) -> list[ArtifactRecord]:
         """The logged models' files, as records whose ``run_id`` holds the model id."""

@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -512,18 +513,25 @@ def _check_artifacts(reader: ArchiveReader, problems: _Problems) -> None:
                 f"{show_name(name[:-4])} (a content has one blob); {_HOSTILE}"
             )
     decoded: dict[str, tuple[int, str] | None] = {}
-    paths: dict[str, set[str]] = defaultdict(set)
-    owned = [("artifacts", "run", r) for r in reader.artifacts()]
-    owned += [("logged_model_artifacts", "logged model", r) for r in reader.model_artifacts()]
+    """Of each blob read, its size and sha256 (None: unreadable)."""
     where = _table_where(reader, "artifacts")
-    for table, owner, record in owned:
-        what = f"artifact {_q(record.path)} of {owner} {_q(record.run_id)}"
+    models = sorted(reader.model_artifacts(), key=lambda r: (r.run_id, r.path))
+    owned = chain(
+        (("artifacts", "run", r) for r in reader.iter_artifacts()),  # by run, then path
+        (("logged_model_artifacts", "logged model", r) for r in models),
+    )
+    owner, paths = "", set[str]()  # one owner's paths at a time: its rows come together
+    for table, kind, record in owned:
+        if f"{kind} {record.run_id}" != owner:
+            _check_folders(where, owner, paths, problems)
+            owner, paths = f"{kind} {record.run_id}", set()
+        what = f"artifact {_q(record.path)} of {kind} {_q(record.run_id)}"
         label = f"{_table_where(reader, table)}: {what}"
         problem = artifact_path_problem(record.path)
         if problem:
             problems.add(f"{label}: path {problem}; refusing a hostile archive")
             continue
-        paths[f"{owner} {record.run_id}"].add(record.path)
+        paths.add(record.path)
         if not _SHA.fullmatch(record.sha256) or record.size < 0:
             problems.add(f"{label}: sha256 or size is malformed; {_HOSTILE}")
             continue
@@ -561,14 +569,19 @@ def _check_artifacts(reader: ArchiveReader, problems: _Problems) -> None:
                 f"{blob}: {what}: decoded bytes do not match its size/sha256 in the artifacts "
                 "table; the archive is damaged, re-copy it"
             )
-    for run_id, run_paths in sorted(paths.items()):
-        for path in sorted(run_paths):
-            parts = path.split("/")
-            for i in range(1, len(parts)):
-                folder = "/".join(parts[:i])
-                if folder in run_paths:
-                    problems.add(
-                        f"{where}: artifact {_q(folder)} of {run_id} is both a file "
-                        f"and the folder of {_q(path)}; {_HOSTILE}"
-                    )
-                    break
+    _check_folders(where, owner, paths, problems)
+
+
+def _check_folders(where: str, owner: str, paths: set[str], problems: _Problems) -> None:
+    """A path of ``owner`` (``run <id>``, ``logged model <id>``) that is also the folder of
+    another of its paths."""
+    for path in sorted(paths):
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in paths:
+                problems.add(
+                    f"{where}: artifact {_q(folder)} of {owner} is both a file "
+                    f"and the folder of {_q(path)}; {_HOSTILE}"
+                )
+                break

@@ -19,7 +19,7 @@ from exim_archive.proof import check_against
 def _artifact_rows(archive: Path) -> list[tuple[str, str, int, str]]:
     reader = ArchiveReader(archive)
     try:
-        return sorted((a.run_id, a.path, a.size, a.sha256) for a in reader.artifacts())
+        return sorted((a.run_id, a.path, a.size, a.sha256) for a in reader.iter_artifacts())
     finally:
         reader.close()
 

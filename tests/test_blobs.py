@@ -91,7 +91,7 @@ def test_blobs_decided_as_the_format_says_and_read_back(tmp_path: Path) -> None:
     path = _pack(tmp_path, "a")
     contents = _contents()
     with ArchiveReader(path) as reader:
-        records = {r.path: r for r in reader.artifacts()}
+        records = {r.path: r for r in reader.iter_artifacts()}
         for rel, data in contents.items():
             got = b"".join(reader.iter_artifact_bytes(records[rel]))
             assert got == data, rel

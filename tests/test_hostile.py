@@ -134,14 +134,22 @@ def test_hostile_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[
 
 @pytest.mark.parametrize(
     "name",
-    ["duplicate-param", "runs-unsorted", "param-of-unknown-run", "run-status-unknown", None],
+    [
+        "duplicate-param",
+        "runs-unsorted",
+        "param-of-unknown-run",
+        "run-status-unknown",
+        "artifact-file-and-folder",
+        "metric-for-unknown-run",
+        None,
+    ],
 )
 def test_run_table_checks_hold_across_batches(
     name: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """verify reads tables of runs' rows a batch at a time (bundle_reader.BATCH_ROWS): with one
-    row a batch, each row is still checked against the one before it, in the batch before; the
-    good archive (None) still verifies."""
+    row a batch, each row is still checked against the one before it, in the batch before, and
+    a run's files against each other; the good archive (None) still verifies."""
     from exim_archive import bundle_reader
 
     monkeypatch.setattr(bundle_reader, "BATCH_ROWS", 1)
@@ -288,7 +296,7 @@ def test_golden_archive_verifies_inspects_and_reads(
         assert len(reader.experiments()) == expected["experiments"]
         assert len(reader.runs()) == expected["runs"]
         assert sum(len(b) for b in reader.iter_metric_batches()) == expected["metric_points"]
-        artifacts = reader.artifacts()
+        artifacts = list(reader.iter_artifacts())
         assert len(artifacts) == expected["artifacts"]
         for record in artifacts:
             data = b"".join(reader.iter_artifact_bytes(record))
@@ -401,7 +409,7 @@ def test_extract_artifact_refuses_an_escaping_path(tmp_path: Path) -> None:
     path = tmp_path / "a.exim"
     path.write_bytes(case.data)
     with ArchiveReader(path) as reader:
-        record = next(a for a in reader.artifacts() if a.path.startswith(".."))
+        record = next(a for a in reader.iter_artifacts() if a.path.startswith(".."))
         with pytest.raises(ArchiveError, match=re.escape("'..' component")):
             reader.extract_artifact(record, tmp_path / "scratch" / record.path)
     assert not (tmp_path / "scratch").exists()
@@ -442,7 +450,7 @@ def _exercise_reader(path: Path) -> None:
         with ArchiveReader(path) as reader:
             reader.experiments()
             reader.runs()
-            artifacts = reader.artifacts()
+            artifacts = list(reader.iter_artifacts())
             for _, points in reader.iter_run_metrics():
                 for _ in points.slices(1000):
                     pass
