@@ -252,3 +252,34 @@ def test_commands_load_no_pandas_and_pandas_still_works_after(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("chosen", "expect"), [(None, "jemalloc"), ("system", "system")])
+def test_cli_uses_a_pool_that_gives_memory_back(
+    tmp_path: Path, chosen: str | None, expect: str
+) -> None:
+    """The CLI's process allocates Arrow memory from jemalloc set to return freed pages at
+    once (PyArrow's default, mimalloc, keeps them), unless ARROW_DEFAULT_MEMORY_POOL names a
+    pool: then the user's choice stands."""
+    import os
+
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("this pyarrow build has no jemalloc: the CLI keeps the default pool")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    code = (
+        "import pyarrow as pa\n"
+        "from exim_archive.cli import main\n"
+        "assert main(['--version']) == 0\n"
+        "print(pa.default_memory_pool().backend_name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == expect
