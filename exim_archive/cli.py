@@ -321,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow logs INFO lines (database migrations) on stderr; ours are the only lines a user needs.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _arrow_without_pandas()  # first: any use of pyarrow may import pandas
     _return_freed_memory()
-    _arrow_without_pandas()
     try:
         code = app(args=argv, standalone_mode=False)
         if code == _INTERRUPTED:  # typer turns Ctrl-C into a silent exit code 130

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from itertools import islice
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +23,7 @@ from .artifact_roots import ArtifactRoots
 from .bundle_reader import ArchiveReader
 from .errors import TargetError
 from .histories import HistoryReader
+from .id_map import IdMap
 from .lineage import (
     BOOKKEEPING_PREFIX,
     INCOMPLETE_TAG,
@@ -129,7 +131,7 @@ def check_run(
     got: RunContents | None,
     points: dict[str, int],
     files: dict[str, int],
-    run_ids: dict[str, str],
+    run_ids: Mapping[str, str],
 ) -> None:
     label = f"run {run.run_id} ({run.run_name or 'unnamed'})"
     if got is None:
@@ -207,18 +209,9 @@ def check_against(
                     f"{exp.lifecycle_stage} here"
                 )
         # The target's copy of each source run (the smallest run id, if there are more): ids
-        # only, so what the proof holds per run stays small; the runs are read a chunk at a time.
-        run_ids: dict[str, str] = {}
-        copies: dict[str, int] = {}
-        others: set[str] = set()  # runs no unpack made
-        for run_id, source_id in target.run_tag(experiment_ids, SOURCE_RUN_TAG):
-            if source_id is None:
-                others.add(run_id)
-                continue
-            first = run_ids.setdefault(source_id, run_id)
-            if first != run_id:
-                copies[source_id] = copies.get(source_id, 1) + 1
-                run_ids[source_id] = min(first, run_id)
+        # only, as Arrow columns, so what the proof holds per run stays small; the runs are
+        # read a chunk at a time.
+        run_ids, copies, others = _copies(target.run_tag(experiment_ids, SOURCE_RUN_TAG))
         known = _Target(target, sink, experiment_ids, copies, others, run_ids, workers)
         # the archive's runs a chunk at a time (bundle_reader.RUNS_AT_A_TIME): for every run the
         # proof keeps only its copies' ids and its distinct point counts per key
@@ -241,9 +234,9 @@ class _Target:
     experiment_ids: list[str]
     copies: dict[str, int]
     """How many copies a source run has in the target, of those with more than one."""
-    others: set[str]
-    """Ids of the target's runs that no unpack made."""
-    run_ids: dict[str, str]
+    others: IdMap
+    """Ids of the target's runs that no unpack made (each its own value: a sorted set)."""
+    run_ids: IdMap
     """Source run id -> the copy checked (the smallest id)."""
     workers: int
 
@@ -260,15 +253,17 @@ def _check_chunk(
     for these runs only."""
     created_at = reader.manifest.created_at
     files = {run_id: {a.path: a.size for a in arts} for run_id, arts in artifacts.items()}
-    wanted = [target.run_ids[r.run_id] for r in chunk if r.run_id in target.run_ids]
+    ids = [r.run_id for r in chunk]
+    copy_ids = dict(zip(ids, target.run_ids.values_of(ids), strict=True))
+    wanted = [c for c in copy_ids.values() if c is not None]
     found = {run.run_id: run for run in target.source.runs_by_id(target.experiment_ids, wanted)}
     counts = _target_counts(target.source, list(found.values()), target.workers)
     # Only runs with files in the archive are listed, many at once: a listing is one call
     # per folder, each mostly waiting on the server (~45 ms on a default mlflow server).
     with_files = [
-        found[target.run_ids[r.run_id]]
+        found[copy_id]
         for r in chunk
-        if files.get(r.run_id) and target.run_ids.get(r.run_id) in found
+        if files.get(r.run_id) and (copy_id := copy_ids[r.run_id]) in found
     ]
     sink = target.sink
     listed = dict(
@@ -279,7 +274,7 @@ def _check_chunk(
         )
     )
     for run in chunk:
-        copy_id = target.run_ids.get(run.run_id)
+        copy_id = copy_ids[run.run_id]
         if copy_id is None and dict(run.tags).get(SOURCE_RUN_TAG) in target.others:
             report.runs_checked += 1  # a copy of a target run: unpack leaves that run
             continue
@@ -308,6 +303,35 @@ def _check_chunk(
             target.run_ids,
         )
         report.runs_checked += 1
+
+
+def _copies(pairs: Iterable[tuple[str, str | None]]) -> tuple[IdMap, dict[str, int], IdMap]:
+    """From ``(target run id, its source run tag or None)``: the copy of each source run (the
+    smallest id), how many copies the runs with more than one have, and the runs no unpack
+    made; gathered 10,000 runs at a time into Arrow, not Python strings."""
+    tagged: list[pa.Table] = []
+    untagged: list[pa.ChunkedArray] = []
+    rest = iter(pairs)
+    for batch in iter(lambda: list(islice(rest, 10_000)), []):
+        runs, sources = zip(*batch, strict=True)
+        table = pa.table({"k": pa.array(sources, pa.string()), "v": pa.array(runs, pa.string())})
+        tagged.append(table.filter(pc.is_valid(table["k"])))
+        untagged.append(table.filter(pc.is_null(table["k"]))["v"])
+    if not tagged:
+        return IdMap(), {}, IdMap()
+    table = pa.concat_tables(tagged).sort_by([("k", "ascending"), ("v", "ascending")])
+    keys = table["k"].combine_chunks()
+    starts = pc.not_equal(keys.slice(1), keys.slice(0, max(len(keys) - 1, 0)))  # a new source
+    firsts = table.filter(pa.concat_arrays([pa.array([True][: len(keys)], pa.bool_()), starts]))
+    counts = table.group_by("k").aggregate([("v", "count")])
+    many = counts.filter(pc.greater(counts["v_count"], 1))
+    alone = pa.chunked_array(untagged, pa.string()).combine_chunks()
+    alone = alone.take(pc.sort_indices(alone))
+    return (
+        IdMap(firsts["k"].combine_chunks(), firsts["v"].combine_chunks()),
+        dict(zip(many["k"].to_pylist(), many["v_count"].to_pylist(), strict=True)),
+        IdMap(alone, alone),
+    )
 
 
 def _target_counts(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ from .artifact_roots import ArtifactRoots
 from .bundle_reader import RUNS_AT_A_TIME, ArchiveReader, RunPoints
 from .errors import TargetError
 from .families import UnpackScope
+from .id_map import IdMap
 from .lineage import (
     INCOMPLETE_TAG,
     SOURCE_RUN_TAG,
@@ -97,7 +98,7 @@ class UnpackReport:
     runs_already_complete: int = 0
     metric_points: int = 0
     artifacts: int = 0
-    id_map: dict[str, dict[str, str]] = field(
+    id_map: dict[str, Mapping[str, str]] = field(
         default_factory=lambda: {"experiments": {}, "runs": {}}
     )
     families: dict[str, int] = field(default_factory=dict)
@@ -108,7 +109,11 @@ class UnpackReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        plain = {
+            kind: dict(ids.items_sorted() if isinstance(ids, IdMap) else ids.items())
+            for kind, ids in self.id_map.items()
+        }
+        return {**self.__dict__, "id_map": plain}
 
 
 def _fit(tags: dict[str, str], value_limit: int, what: str, notes: list[str]) -> dict[str, str]:
@@ -162,15 +167,19 @@ class _Unpacker:
         # The runs themselves are read from the archive a chunk at a time, in each pass that
         # needs them (plan, create, fill): what is kept per run is ids, never records.
         self.run_ids: dict[str, str] = {}
-        self.updating: set[str] = set()
-        """Source runs whose complete copies this unpack brings up to date."""
-        self.home_runs: set[str] = set()
-        """Source runs that are copies of target runs no unpack made (see :meth:`home`)."""
+        """Source run id -> target run id, as runs are found and made (plan, create, fill)."""
+        self.run_map = IdMap()
+        """The same map once every run is filled, compact (:class:`.IdMap`): kept and reported."""
+        self.home_runs = 0
+        self.first_home: str | None = None
+        """How many source runs are copies of target runs no unpack made (see :meth:`home`);
+        the first of them in run id order."""
         self.to_create: set[str] = set()
         self.to_fill: set[str] = set()
-        """Source runs to create; to fill (created, resumed or updated)."""
-        self.deleted: list[tuple[str, str]] = []
-        """(run id, experiment id) of the archive's deleted runs."""
+        """Source runs to create; to fill (created, resumed or updated). Emptied once done."""
+        self.deleted: list[tuple[str, str, bool]] = []
+        """(run id, experiment id, to be filled) of the archive's deleted runs, but those
+        copies of target runs no unpack made stand for (never touched)."""
 
     def notes(self) -> list[str]:
         return self.report.notes
@@ -369,19 +378,20 @@ class _Unpacker:
         for chunk, artifacts in self.reader.iter_runs_with_artifacts():
             for run in chunk:
                 target = by_source[run.experiment_id]
-                if run.deleted:
-                    self.deleted.append((run.run_id, run.experiment_id))
                 found = target.existing.get(run.run_id)
                 origin = self.home(run, target) if found is None else None
                 if origin is not None:
                     self.run_ids[run.run_id] = origin
-                    self.home_runs.add(run.run_id)
+                    self.first_home = self.first_home or run.run_id  # runs come in id order
+                    self.home_runs += 1
                     self.report.runs_already_complete += 1
                     continue
                 plan = self.plan(run, artifacts.get(run.run_id, []), found)
                 if plan != "complete":
                     target.work = True
                     self.to_fill.add(run.run_id)
+                if run.deleted:
+                    self.deleted.append((run.run_id, run.experiment_id, plan != "complete"))
                 if found is None:
                     self.to_create.add(run.run_id)
                     continue
@@ -389,7 +399,6 @@ class _Unpacker:
                 if plan == "resume":
                     self.report.runs_resumed += 1
                 elif plan == "update":
-                    self.updating.add(run.run_id)
                     self.report.runs_updated += 1
                 else:
                     self.report.runs_already_complete += 1
@@ -399,13 +408,15 @@ class _Unpacker:
         targets = [self.find_experiment(exp) for exp in self.experiments]
         by_source = {t.source.experiment_id: t for t in targets}
         self.plan_runs(by_source)
+        experiments: dict[str, str] = {}
         for t in targets:
             self.place_experiment(t)
-            self.report.id_map["experiments"][t.source.experiment_id] = t.experiment_id
-        if self.home_runs:
-            first = min(self.home_runs)
+            experiments[t.source.experiment_id] = t.experiment_id
+        self.report.id_map["experiments"] = experiments
+        if self.first_home is not None:
+            first = self.first_home
             self.notes().append(
-                f"{len(self.home_runs)} run(s) (first: {first}, a copy of {self.run_ids[first]}) "
+                f"{self.home_runs} run(s) (first: {first}, a copy of {self.run_ids[first]}) "
                 "are copies of runs of this target that no unpack made (the archive came back "
                 "to its source): those runs are left as they are and stand for them"
             )
@@ -437,8 +448,9 @@ class _Unpacker:
                 bar.advance()
         self.sink.end_runs()  # the last group of new runs' ends
         bar.close()
-        self.run_ids = dict(sorted(self.run_ids.items()))  # one map, kept and reported
-        self.report.id_map["runs"] = self.run_ids
+        self.to_fill = set()  # filled
+        self.run_map, self.run_ids = IdMap.of(self.run_ids), {}
+        self.report.id_map["runs"] = self.run_map
         self.write_families()
         self.apply_lifecycle(targets)
 
@@ -458,7 +470,7 @@ class _Unpacker:
             call=self.sink.call,
             tracking_uri=self.sink.uri,
             experiments=self.report.id_map["experiments"],
-            runs=self.run_ids,
+            runs=self.run_map,
             run_artifact_uris=self.artifact_uris(rows),
             origin=self.origin if self.lineage else None,
             notes=self.report.notes,
@@ -481,25 +493,25 @@ class _Unpacker:
         self, rows: dict[str, list[dict[str, Any]]]
     ) -> dict[str, tuple[str | None, str | None]]:
         """(source, target) artifact URI of each run a model version points at."""
-        wanted = {v["run_id"] for v in rows.get("model_versions", [])} & set(self.run_ids)
+        wanted = {
+            v["run_id"] for v in rows.get("model_versions", []) if v["run_id"] in self.run_map
+        }
         if not wanted:
             return {}
         return {
-            run.run_id: (run.artifact_uri, self.sink.artifact_uri(self.run_ids[run.run_id]))
+            run.run_id: (run.artifact_uri, self.sink.artifact_uri(self.run_map[run.run_id]))
             for run, _ in self._runs_in(wanted)
         }
 
     def apply_lifecycle(self, targets: list[_Target]) -> None:
         """Delete, last, what the source had deleted (deleted objects refuse writes)."""
         by_source = {t.source.experiment_id: t for t in targets}
-        for run_id, experiment_id in self.deleted:
-            if run_id in self.home_runs:  # never touched
-                continue
+        for run_id, experiment_id, filled in self.deleted:
             target = by_source[experiment_id]
             found = target.existing.get(run_id)
-            active_now = run_id in self.to_fill or target.restored or found is None
+            active_now = filled or target.restored or found is None
             if active_now or (found is not None and found.lifecycle_stage != "deleted"):
-                self.sink.delete_run(self.run_ids[run_id])
+                self.sink.delete_run(self.run_map[run_id])
         for target in targets:
             if not target.source.deleted or (target.was_deleted and not target.restored):
                 continue
