@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -20,7 +19,7 @@ __version__ = "0.1.0"
 def _started_as_cli() -> bool:
     """This process is the ``exim-archive`` command (the console script or ``python -m
     exim_archive``), told while the package first loads, before pyarrow does."""
-    if Path(sys.argv[0]).name in ("exim-archive", "exim-archive.exe"):
+    if os.path.basename(sys.argv[0]) in ("exim-archive", "exim-archive.exe"):
         return True
     return list(getattr(sys, "orig_argv", [])[1:3]) == ["-m", "exim_archive"]
 
