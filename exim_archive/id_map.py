@@ -9,7 +9,7 @@ lookup is a binary search (~15 µs) or, for a chunk of runs, one ``index_in``.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,8 +61,12 @@ class IdMap(Mapping[str, str]):
         for start in range(0, len(self._keys), 8192):
             yield from self._keys.slice(start, 8192).to_pylist()
 
-    def items_sorted(self) -> Iterator[tuple[str, str]]:
-        """``(key, value)`` in key order, a few thousand decoded at a time."""
+    def items(self) -> ItemsView[str, str]:
+        """``(key, value)`` in key order, a few thousand decoded at a time (the default view
+        would look every key up again)."""
+        return _Items(self)
+
+    def _pairs(self) -> Iterator[tuple[str, str]]:
         for start in range(0, len(self._keys), 8192):
             keys = self._keys.slice(start, 8192).to_pylist()
             yield from zip(keys, self._values.slice(start, 8192).to_pylist(), strict=True)
@@ -72,6 +76,13 @@ class IdMap(Mapping[str, str]):
         found = pc.index_in(pa.array(keys, pa.string()), value_set=self._keys)
         values: list[str | None] = pc.take(self._values, found).to_pylist()
         return values
+
+
+class _Items(ItemsView[str, str]):
+    _mapping: IdMap
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return self._mapping._pairs()
 
 
 def _text(scalar: pa.Scalar) -> str:

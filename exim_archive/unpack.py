@@ -109,10 +109,7 @@ class UnpackReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        plain = {
-            kind: dict(ids.items_sorted() if isinstance(ids, IdMap) else ids.items())
-            for kind, ids in self.id_map.items()
-        }
+        plain = {kind: dict(ids.items()) for kind, ids in self.id_map.items()}
         return {**self.__dict__, "id_map": plain}
 
 
