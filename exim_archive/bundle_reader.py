@@ -19,8 +19,9 @@ import hashlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ RUNS_AT_A_TIME = 1000
 """Runs :meth:`ArchiveReader.iter_runs` turns into Python objects at a time."""
 BATCH_ROWS = 8192
 """Rows :meth:`ArchiveReader.iter_batches` decodes at a time."""
+_RUN_ID_ONLY = pa.schema([T.METRICS.schema.field("run_id")])
 _PARQUET_ERRORS = (
     pa.ArrowException,
     OSError,
@@ -274,15 +276,7 @@ class ArchiveReader:
             return spec.schema.empty_table()
         parts = []
         for member in self.table_members(spec.name):
-            pf = self.parquet_file(spec, member)
-            try:
-                table = pf.read()
-                table.validate(full=True)
-                parts.append(table.cast(spec.schema))
-            except _PARQUET_ERRORS as exc:
-                raise ArchiveFormatError(
-                    f"cannot be decoded ({_reason(exc)})", where=self.container.where(member)
-                ) from None
+            parts.append(self._decoded(member, self.parquet_file(spec, member).read, spec.schema))
         if not parts:
             return spec.schema.empty_table()
         return pa.concat_tables(parts)
@@ -296,13 +290,22 @@ class ArchiveReader:
 
     def metric_group(self, member: str, pf: pq.ParquetFile, i: int) -> pa.Table:
         """Row group ``i`` of a metrics member, checked and cast to the table's schema."""
+        return self._decoded(
+            member, partial(pf.read_row_group, i), T.METRICS.schema, f"row group {i}"
+        )
+
+    def _decoded(
+        self, member: str, read: Callable[[], pa.Table], schema: pa.Schema, part: str = ""
+    ) -> pa.Table:
+        """``read()``, rows of ``member``, checked and cast to ``schema``; an
+        :class:`ArchiveFormatError` naming the member (and ``part`` of it) if they cannot be."""
         try:
-            group = pf.read_row_group(i)
-            group.validate(full=True)
-            return group.cast(T.METRICS.schema)
+            table = read()
+            table.validate(full=True)
+            return table.cast(schema)
         except _PARQUET_ERRORS as exc:
             raise ArchiveFormatError(
-                f"row group {i} cannot be decoded ({_reason(exc)})",
+                f"{part + ' ' if part else ''}cannot be decoded ({_reason(exc)})",
                 where=self.container.where(member),
             ) from None
 
@@ -323,17 +326,10 @@ class ArchiveReader:
                 batch_size=rows or BATCH_ROWS, columns=columns, use_threads=False
             )
             while True:
-                try:
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    table = pa.Table.from_batches([batch])
-                    table.validate(full=True)
-                    table = table.cast(schema)
-                except _PARQUET_ERRORS as exc:
-                    raise ArchiveFormatError(
-                        f"cannot be decoded ({_reason(exc)})", where=self.container.where(member)
-                    ) from None
+                try:  # decoding happens in next(): inside the check
+                    table = self._decoded(member, partial(_next_table, batches), schema)
+                except StopIteration:  # the member's rows are done
+                    break
                 yield table
 
     def in_run_order(self, spec: T.TableSpec) -> RunOrdered:
@@ -372,17 +368,15 @@ class ArchiveReader:
         for member in self.table_members(T.METRICS.name):
             pf = self.parquet_file(T.METRICS, member)
             for i in range(pf.num_row_groups):
-                try:
-                    column = pf.read_row_group(i, columns=["run_id"]).column(0)
-                    column.validate(full=True)
-                    runs = pc.run_end_encode(column.cast(pa.string()).combine_chunks())
-                    ends = runs.run_ends.to_pylist()
-                    ids = runs.values.to_pylist()
-                except _PARQUET_ERRORS as exc:
-                    raise ArchiveFormatError(
-                        f"row group {i} cannot be decoded ({_reason(exc)})",
-                        where=self.container.where(member),
-                    ) from None
+                column = self._decoded(
+                    member,
+                    partial(pf.read_row_group, i, columns=["run_id"]),
+                    _RUN_ID_ONLY,
+                    f"row group {i}",
+                ).column(0)
+                runs = pc.run_end_encode(column.combine_chunks())
+                ends = runs.run_ends.to_pylist()
+                ids = runs.values.to_pylist()
                 start = 0
                 for run_id, end in zip(ids, ends, strict=True):
                     yield run_id, _Segment(member, i, start, end - start)
@@ -679,6 +673,11 @@ def _reason(exc: BaseException) -> str:
 def _version(text: str) -> tuple[int, int]:
     major, _, minor = text.partition(".")
     return int(major), int(minor or 0)
+
+
+def _next_table(batches: Iterator[pa.RecordBatch]) -> pa.Table:
+    """The next batch of ``batches`` as a table (its decoding happens here)."""
+    return pa.Table.from_batches([next(batches)])
 
 
 def _slices(groups: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
