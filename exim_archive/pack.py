@@ -15,7 +15,6 @@ from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from .records import RunRecord
 from .source import MlflowSource
 from .sql_source import SqlSource, open_sql_source
 from .uri import resolve_tracking_uri
+from .versions import installed_version
 
 __all__ = ["PackReport", "pack"]
 
@@ -67,7 +67,7 @@ def _producer() -> dict[str, str]:
     return {
         "name": "exim-archive",
         "version": __version__,
-        "mlflow": version("mlflow"),
+        "mlflow": installed_version("mlflow"),
         "pyarrow": pa.__version__,
         "zstandard": zstandard.__version__,
     }

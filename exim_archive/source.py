@@ -12,11 +12,8 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import pyarrow as pa
-from google.protobuf.json_format import MessageToDict
 
 from .artifact_roots import PROXIED, ArtifactRoots, files_under
 from .errors import ArchiveError, SourceError
@@ -38,6 +35,8 @@ lasts: a page of 2,000 costs one call per 2,000 runs and ~30 MB."""
 def _proto_json(entity: Any) -> str:
     """The entity's protobuf message as JSON (spec 1.0 §6.6); a ``tags`` list sorted by key
     (MLflow gives them in the database's row order, which a copy of the store does not keep)."""
+    from google.protobuf.json_format import MessageToDict  # ~45 ms: only MLflow's path needs it
+
     raw = MessageToDict(entity.to_proto(), preserving_proto_field_name=True)
     if isinstance(raw.get("tags"), list):
         raw["tags"] = sorted(raw["tags"], key=lambda t: (t.get("key", ""), t.get("value", "")))
@@ -90,7 +89,7 @@ class MlflowSource:
                     hint="check the path (sqlite:/// then an absolute or relative path)",
                 )
         elif uri_kind(uri) == "file":
-            folder = Path(url2pathname(urlsplit(uri).path) if uri.startswith("file:") else uri)
+            folder = ArtifactRoots.local_folder(uri) or Path(uri)
             hint = "check the path: a file store is the folder that holds the experiment folders "
             hint += "(often ./mlruns)"
             if not folder.is_dir():

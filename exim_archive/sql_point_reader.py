@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import tables as T
-from .sql_columns import NUMERIC_COLUMNS, UnexpectedCopyData, fetch_points
+from .sql_columns import NUMERIC_COLUMNS, UnexpectedCopyData, fetch_points, from_numpy
 from .sql_text import METRICS_COLUMNS, marks, quoted
 
 if TYPE_CHECKING:
@@ -311,9 +311,10 @@ def _labelled(run_id: str, keys: list[tuple[str, int]], points: pa.Table) -> pa.
     key's number of rows, in the rows' order."""
     sizes = np.array([n for _k, n in keys], dtype=np.int64)
     which = np.repeat(np.arange(len(keys), dtype=np.int32), sizes)
-    key = pc.take(pa.array([k for k, _n in keys], pa.string()), pa.array(which))
+    key = pc.take(pa.array([k for k, _n in keys], pa.string()), from_numpy(which, pa.int32()))
     run = pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(len(which), dtype=np.int32)), pa.array([run_id], pa.string())
+        from_numpy(np.zeros(len(which), dtype=np.int32), pa.int32()),
+        pa.array([run_id], pa.string()),
     )
     return pa.Table.from_arrays(
         [run, key, points.column("step"), points.column("timestamp"), points.column("value")],

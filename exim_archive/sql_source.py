@@ -23,7 +23,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -38,6 +37,7 @@ from .records import DatasetInputRecord, ExperimentRecord, RunRecord
 from .sql_metrics import disabled, revisions_tested
 from .sql_point_reader import PointReader
 from .uri import redact_uri
+from .versions import installed_version
 
 __all__ = ["DRIVERS", "SqlSource", "open_sql_source"]
 
@@ -486,7 +486,7 @@ class SqlSource:
         return {
             "tracking_uri": self.safe_uri,
             "kind": self.kind,
-            "client_mlflow": version("mlflow"),
+            "client_mlflow": installed_version("mlflow"),
         }
 
     def close(self) -> None:
