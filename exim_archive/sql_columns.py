@@ -3,11 +3,11 @@ where the driver allows it (:mod:`.sql_point_reader`'s bulk read).
 
 The bulk read selects only ``step, timestamp, value, is_nan``: four fixed-width columns, no
 strings (run ids and keys come from a separate ``COUNT(*)`` per run and key; see
-:meth:`.sql_point_reader.PointReader.read`). With psycopg (3) the rows arrive as ``COPY (SELECT ...)
-TO STDOUT (FORMAT BINARY)``, whose tuples then all have one size (43 bytes) and are parsed as
-one numpy record array per block of :data:`PARTITION_ROWS`; other drivers fetch rows in
-partitions of the same size, each turned into a record array in one call. Either way the
-result is a table of ``step, timestamp, value, is_nan`` with NaN put back where ``is_nan``.
+:meth:`.sql_point_reader.PointReader.read`). With psycopg (3) or psycopg2 the rows arrive as
+``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)``, whose tuples then all have one size (43 bytes)
+and are parsed as one numpy record array per block of :data:`PARTITION_ROWS`; other drivers
+fetch rows in partitions of the same size, each turned into a record array in one call. Either
+way the result is a table of ``step, timestamp, value, is_nan`` with NaN put back where ``is_nan``.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def fetch_points(
     :data:`NUMERIC_COLUMNS` quoted and ``rest`` the ``FROM ... WHERE ... ORDER BY ...``.
 
     ``raw`` is the DB-API connection, ``open_cursor(raw)`` the cursor for a row-by-row read."""
-    if driver == "psycopg":
-        parts = list(_copy_binary(raw, rest, params))
+    if driver in ("psycopg", "psycopg2"):
+        parts = _copy_binary(raw, driver, rest, params)
     else:
         parts = list(_fetched(open_cursor(raw), f"SELECT {columns} {rest}", params))
     return pa.concat_tables(parts) if parts else POINTS.empty_table()
@@ -117,38 +117,62 @@ def _fetched(cursor: Any, sql: str, params: tuple[Any, ...]) -> Iterator[pa.Tabl
         cursor.close()
 
 
-def _copy_binary(raw: Any, rest: str, params: tuple[Any, ...]) -> Iterator[pa.Table]:
-    """The rows through psycopg's COPY (parameters merged client-side), in partitions parsed
-    with numpy. The casts pin the wire types whatever the column types are."""
+def _copy_binary(raw: Any, driver: str, rest: str, params: tuple[Any, ...]) -> list[pa.Table]:
+    """The rows through COPY (parameters merged client-side), in partitions parsed with
+    numpy. The casts pin the wire types whatever the column types are. psycopg (3) hands the
+    stream over message by message; psycopg2's ``copy_expert`` writes it to a file object."""
     statement = (
         'COPY (SELECT CAST("step" AS int8), CAST("timestamp" AS int8), '
         f'CAST("value" AS float8), CAST("is_nan" AS bool) {rest}) TO STDOUT (FORMAT BINARY)'
     )
-    block = PARTITION_ROWS * _COPY_ROW.itemsize
-    pending = bytearray()
-    header_done = False
-    with raw.cursor() as cursor, cursor.copy(statement, params) as copy:
-        for data in copy:
-            pending += data
-            if not header_done:
-                if len(pending) < 19:
-                    continue
-                if bytes(pending[:11]) != _SIGNATURE:
-                    raise UnexpectedCopyData("not a binary COPY stream")
-                extension = int.from_bytes(pending[15:19], "big")
-                if len(pending) < 19 + extension:
-                    continue
-                del pending[: 19 + extension]
-                header_done = True
-            if len(pending) >= block + 2:
-                whole = (len(pending) - 2) // _COPY_ROW.itemsize * _COPY_ROW.itemsize
-                yield _parse(bytes(pending[:whole]))
-                del pending[:whole]
-    if not header_done or bytes(pending[-2:]) != b"\xff\xff":
-        raise UnexpectedCopyData("binary COPY stream without its trailer")
-    del pending[-2:]
-    if pending:
-        yield _parse(bytes(pending))
+    stream = _CopyStream()
+    if driver == "psycopg":
+        with raw.cursor() as cursor, cursor.copy(statement, params) as copy:
+            for data in copy:
+                stream.write(data)
+    else:
+        with raw.cursor() as cursor:
+            cursor.copy_expert(cursor.mogrify(statement, params), stream)
+    return stream.finish()
+
+
+class _CopyStream:
+    """A binary COPY stream, written in pieces of any size: its header checked, its tuples
+    parsed every :data:`PARTITION_ROWS` rows (memory holds one partition of raw bytes)."""
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self._pending = bytearray()
+        self._header_done = False
+        self._block = PARTITION_ROWS * _COPY_ROW.itemsize
+
+    def write(self, data: Any) -> None:
+        pending = self._pending
+        pending += data
+        if not self._header_done:
+            if len(pending) < 19:
+                return
+            if bytes(pending[:11]) != _SIGNATURE:
+                raise UnexpectedCopyData("not a binary COPY stream")
+            extension = int.from_bytes(pending[15:19], "big")
+            if len(pending) < 19 + extension:
+                return
+            del pending[: 19 + extension]
+            self._header_done = True
+        if len(pending) >= self._block + 2:
+            whole = (len(pending) - 2) // _COPY_ROW.itemsize * _COPY_ROW.itemsize
+            self.tables.append(_parse(bytes(pending[:whole])))
+            del pending[:whole]
+
+    def finish(self) -> list[pa.Table]:
+        pending = self._pending
+        if not self._header_done or bytes(pending[-2:]) != b"\xff\xff":
+            raise UnexpectedCopyData("binary COPY stream without its trailer")
+        del pending[-2:]
+        if pending:
+            self.tables.append(_parse(bytes(pending)))
+            pending.clear()
+        return self.tables
 
 
 def _parse(data: bytes) -> pa.Table:

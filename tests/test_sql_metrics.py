@@ -350,10 +350,13 @@ def test_postgres_counts_and_rows_share_one_snapshot(
 
 
 @pytest.mark.database
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 def test_postgres_copy_that_cannot_be_parsed_falls_back_to_rows(
-    postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, driver: str
 ) -> None:
     """Binary COPY data of another shape than expected: the same rows fetched as tuples."""
+    if driver == "psycopg2":
+        postgres_uri = _psycopg2(postgres_uri)
     MlflowClient(postgres_uri).search_experiments()
     seed_rich(postgres_uri, "copy", tmp_path / "art")
     source = MlflowSource(postgres_uri)

@@ -59,11 +59,16 @@ def test_sqlite_with_families_same_bytes(
 
 
 @pytest.mark.database
+@pytest.mark.parametrize("driver", ["", "+psycopg", "+psycopg2"])
 def test_postgres_same_bytes_as_mlflow(
-    tmp_path: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, postgres_uri: str, monkeypatch: pytest.MonkeyPatch, driver: str
 ) -> None:
-    seed_rich(postgres_uri, "pg", tmp_path / "art")
-    _both_ways(postgres_uri, tmp_path, monkeypatch)
+    """Both drivers MLflow's users connect with, named or not: psycopg (3), SQLAlchemy 2.1's
+    default (MLflow's path for ``postgresql://``), and psycopg2 (SQLAlchemy 2.0's default,
+    still widely installed; this module's first choice when the URI names none)."""
+    uri = postgres_uri.replace("postgresql:", f"postgresql{driver}:")
+    seed_rich(uri, "pg", tmp_path / "art")
+    _both_ways(uri, tmp_path, monkeypatch)
 
 
 @pytest.mark.database
@@ -108,11 +113,29 @@ def test_plain_store_packs_without_the_slow_imports(tmp_path: Path, new_sqlite: 
     assert done.stdout.splitlines()[-1] == "[]"
 
 
+@pytest.mark.database
+def test_a_uri_without_a_driver_reads_with_the_first_that_imports(
+    postgres_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(postgres_uri).search_experiments()  # MLflow's schema, as a server makes it
+    source = open_sql_source(postgres_uri, ArtifactRoots())
+    assert isinstance(source, SqlSource) and source.db.driver == "psycopg2"
+    source.close()
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # import psycopg2 raises ImportError
+    source = open_sql_source(postgres_uri, ArtifactRoots())
+    assert isinstance(source, SqlSource) and source.db.driver == "psycopg"
+    source.close()
+    named = postgres_uri.replace("postgresql:", "postgresql+psycopg2:")
+    assert open_sql_source(named, ArtifactRoots()) is None  # named and missing: MLflow's path
+
+
 def test_other_revision_or_driver_goes_through_mlflow(tmp_path: Path, new_sqlite: NewStore) -> None:
     import sqlite3
 
     src = new_sqlite("src")
-    assert open_sql_source(src.replace("sqlite:", "sqlite+pysqlite:"), ArtifactRoots()) is None
+    assert open_sql_source(src.replace("sqlite:", "sqlite+pysqlcipher:"), ArtifactRoots()) is None
     with sqlite3.connect(src.split("///", 1)[1]) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
     assert open_sql_source(src, ArtifactRoots()) is None
