@@ -397,21 +397,38 @@ def _warm_reads(client: MlflowClient, exp_id: str, run_id: str, dst: Path) -> No
     client.download_artifacts(run_id, "dir", str(dst))
 
 
+def _warm_writes(client: MlflowClient, exp_id: str, local: Path) -> None:
+    run_id = client.create_run(exp_id).info.run_id
+    params = [Param(f"p{i}", "1") for i in range(5)]
+    tags = [RunTag(f"t{i}", "x") for i in range(5)]
+    metrics = [Metric(f"warm{i % 2}", 1.0, 0, i) for i in range(METRICS_PER_BATCH)]
+    client.log_batch(run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
+    client.set_tag(run_id, "warm", "1")
+    client.delete_tag(run_id, "warm")
+    client.log_artifacts(run_id, str(local))
+    client.set_terminated(run_id)
+
+
 def warm_up(server: Server, work: Path) -> None:
-    """Untimed: every worker process lazily imports/initialises on its first requests
-    (measured ~1 s per run extra for whichever tool went first). Exercise the write and
-    read paths concurrently in a throwaway experiment, then delete it."""
+    """Untimed: every worker process lazily imports/initialises on its first requests of each
+    kind (measured ~1 s per run extra for whichever tool went first; the first 1,000-point
+    ``log_batch`` in each worker took 1-2.5 s against ~0.3 s after, so a warm-up that wrote
+    through one worker left the timed unpack over HTTP ~5 s of the others' warm-up). Exercise
+    the write and read paths concurrently, on every worker, in a throwaway experiment, then
+    delete it: a server that has been up for a while, for both tools alike."""
     client = MlflowClient(tracking_uri=server.uri)
     exp_id = client.create_experiment(f"bench-warmup-{server.name}")
-    run_id = client.create_run(exp_id).info.run_id
-    client.log_batch(run_id, metrics=[Metric("warm", 1.0, 0, i) for i in range(10)])
     local = work / "staging" / f"warmup-{server.name}"
     (local / "dir").mkdir(parents=True)
     (local / "dir" / "f.txt").write_text("warm\n")
+    run_id = client.create_run(exp_id).info.run_id
+    client.log_batch(run_id, metrics=[Metric("warm", 1.0, 0, i) for i in range(10)])
     client.log_artifacts(run_id, str(local))
     client.set_terminated(run_id)
     with ThreadPoolExecutor(max_workers=WARMUP_THREADS) as pool:
         futures = [
+            pool.submit(_warm_writes, client, exp_id, local) for _ in range(WARMUP_ROUNDS)
+        ] + [
             pool.submit(_warm_reads, client, exp_id, run_id, local / f"dl-{i}")
             for i in range(WARMUP_ROUNDS)
         ]
