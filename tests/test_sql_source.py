@@ -92,11 +92,18 @@ SLOW_IMPORTS = (
 )
 
 
-def test_plain_store_packs_without_the_slow_imports(tmp_path: Path, new_sqlite: NewStore) -> None:
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.database)])
+def test_plain_store_packs_without_the_slow_imports(
+    tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
     """A pack from a database with nothing that needs MLflow imports none of these: each costs
     15 ms to seconds on every run, and a small pack is mostly start-up. Run as the command
-    runs (``cli.main``), in a fresh process whose loaded modules then say which came in."""
-    src = new_sqlite("src")
+    runs (``cli.main``), in a fresh process whose loaded modules then say which came in.
+    PostgreSQL: ``postgresql://`` as a user writes it (read with psycopg2, :data:`DRIVERS`)."""
+    if store == "sqlite":
+        src = request.getfixturevalue("new_sqlite")("src")
+    else:
+        src = request.getfixturevalue("postgres_uri")
     seed_bulk(src, "bulk", 2, 20, tmp_path / "art")
     argv = ["pack", str(tmp_path / "a.exim"), "--tracking-uri", src, "--json"]
     code = (
