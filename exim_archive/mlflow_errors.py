@@ -204,6 +204,23 @@ def skip_absent_databricks_probes() -> None:
                 sys.modules[name] = None  # type: ignore[assignment]
 
 
+def _driver_hint(missing: str | None) -> str:
+    """What to do about a database driver that is not installed. SQLAlchemy 2.1 (MLflow's)
+    connects ``postgresql://`` with psycopg, where 2.0 took psycopg2: a store used to psycopg2
+    then fails here although pack (which reads with either) did not."""
+    import importlib.util
+
+    if missing == "psycopg" and importlib.util.find_spec("psycopg2") is not None:
+        return (
+            "SQLAlchemy 2.1 connects postgresql:// with psycopg; psycopg2 is installed: write "
+            "postgresql+psycopg2:// to use it, or pip install 'exim-archive[postgres]'"
+        )
+    return (
+        "install the database driver, e.g. pip install 'exim-archive[postgres]' or "
+        "'exim-archive[mysql]'"
+    )
+
+
 class Caller:
     """Runs calls against one server with retries, and counts the retries it made."""
 
@@ -272,8 +289,7 @@ class Caller:
             return self.error(
                 f"{what} failed: the Python module {exc.name!r} is not installed",
                 where=self.where,
-                hint="install the database driver, e.g. pip install 'exim-archive[postgres]' "
-                "or 'exim-archive[mysql]'",
+                hint=_driver_hint(exc.name),
             )
         if MlflowException is not None and isinstance(exc, MlflowException):
             err: Any = exc

@@ -426,6 +426,42 @@ def test_a_lost_reply_is_checked_before_the_write_is_issued_again(
     assert call.retries == 0
 
 
+@pytest.mark.parametrize(
+    ("missing", "others", "hint"),
+    [
+        ("psycopg", {"psycopg2"}, "write postgresql+psycopg2:// to use it"),
+        ("psycopg", set(), "pip install 'exim-archive[postgres]'"),
+        ("pymysql", {"psycopg2"}, "'exim-archive[mysql]'"),
+    ],
+)
+def test_a_missing_driver_names_the_way_out(
+    monkeypatch: pytest.MonkeyPatch, missing: str, others: set[str], hint: str
+) -> None:
+    """SQLAlchemy 2.1 connects postgresql:// with psycopg: where only psycopg2 is installed
+    (SQLAlchemy 2.0's default), the message says to name it in the URI."""
+    import importlib.util
+
+    from exim_archive.errors import TargetError
+    from exim_archive.mlflow_errors import Caller
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            object() if name in others else None if name == "psycopg2" else real(name, *a)
+        ),
+    )
+
+    def connect() -> None:
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    call = Caller(TargetError, "postgresql://db/x", "hint", attempts=6, backoff=0.0)
+    with pytest.raises(TargetError, match=f"the Python module '{missing}' is not installed") as e:
+        call("connecting", connect)
+    assert hint in (e.value.hint or "") and call.retries == 0
+
+
 # -- permanent faults: one line, at once, no retries --------------------------------------------
 
 
