@@ -397,16 +397,18 @@ def _warm_reads(client: MlflowClient, exp_id: str, run_id: str, dst: Path) -> No
     client.download_artifacts(run_id, "dir", str(dst))
 
 
-def _warm_writes(client: MlflowClient, exp_id: str, local: Path) -> None:
+def _warm_writes(client: MlflowClient, exp_id: str, local: Path) -> str:
+    """One run written as the tools write: a full batch, tags, files; its id."""
     run_id = client.create_run(exp_id).info.run_id
     params = [Param(f"p{i}", "1") for i in range(5)]
     tags = [RunTag(f"t{i}", "x") for i in range(5)]
-    metrics = [Metric(f"warm{i % 2}", 1.0, 0, i) for i in range(METRICS_PER_BATCH)]
+    metrics = [Metric("warm", 1.0, 0, i) for i in range(METRICS_PER_BATCH)]
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
     client.set_tag(run_id, "warm", "1")
     client.delete_tag(run_id, "warm")
     client.log_artifacts(run_id, str(local))
     client.set_terminated(run_id)
+    return run_id
 
 
 def warm_up(server: Server, work: Path) -> None:
@@ -421,10 +423,7 @@ def warm_up(server: Server, work: Path) -> None:
     local = work / "staging" / f"warmup-{server.name}"
     (local / "dir").mkdir(parents=True)
     (local / "dir" / "f.txt").write_text("warm\n")
-    run_id = client.create_run(exp_id).info.run_id
-    client.log_batch(run_id, metrics=[Metric("warm", 1.0, 0, i) for i in range(10)])
-    client.log_artifacts(run_id, str(local))
-    client.set_terminated(run_id)
+    run_id = _warm_writes(client, exp_id, local)  # the run the reads read
     with ThreadPoolExecutor(max_workers=WARMUP_THREADS) as pool:
         futures = [
             pool.submit(_warm_writes, client, exp_id, local) for _ in range(WARMUP_ROUNDS)
