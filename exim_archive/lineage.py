@@ -24,6 +24,7 @@ from .records import ArtifactRecord, ExperimentRecord, RunRecord
 __all__ = [
     "BOOKKEEPING_PREFIX",
     "INCOMPLETE_TAG",
+    "PENDING_PARENT_TAG",
     "PREFIX",
     "SOURCE_RUN_TAG",
     "STATE_TAG",
@@ -45,6 +46,10 @@ INCOMPLETE_TAG = f"{BOOKKEEPING_PREFIX}incomplete"
 STATE_TAG = f"{BOOKKEEPING_PREFIX}source_state"
 """On every unpacked run: ``<archive created_at> <digest of the source run's contents>``; a
 newer archive whose digest differs updates the copy (spec/1.0/unpack.md §3)."""
+PENDING_PARENT_TAG = f"{BOOKKEEPING_PREFIX}pending_parent"
+"""On a run whose parent was neither in its archive nor copied into the target yet: the source
+parent run id, which ``mlflow.parentRunId`` keeps until an unpack brings that parent; removed
+when it does (spec/1.0/unpack.md §7)."""
 
 _EXPERIMENT_FIELDS = (
     "experiment_id",

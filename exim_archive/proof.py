@@ -33,6 +33,7 @@ from .lineage import (
     newer_copy,
     source_state,
 )
+from .parent_links import PARENT_TAG, copies_of
 from .pool import ordered_map
 from .records import ArtifactRecord, RunRecord
 from .run_order import RunOrdered
@@ -52,7 +53,6 @@ __all__ = ["ProofReport", "check_against"]
 
 MAX_PROBLEMS = 100
 LIST_WORKERS = 16
-_PARENT = "mlflow.parentRunId"
 
 
 @dataclass
@@ -132,7 +132,10 @@ def check_run(
     points: dict[str, int],
     files: dict[str, int],
     run_ids: Mapping[str, str],
+    outside_parents: Mapping[str, str],
 ) -> None:
+    """``run_ids``: source run id -> its copy; ``outside_parents``: the same for parents that
+    are not in the archive but were copied into the target by an earlier unpack (§7)."""
     label = f"run {run.run_id} ({run.run_name or 'unnamed'})"
     if got is None:
         report.add(f"{label}: missing in the target")
@@ -150,8 +153,8 @@ def check_run(
         if key.startswith(f"{PREFIX}.") and key in got.tags:
             continue  # an earlier unpack's lineage tag: this one's lineage may replace it
         want = (
-            run_ids.get(value, value)
-            if key == _PARENT
+            run_ids.get(value) or outside_parents.get(value, value)
+            if key == PARENT_TAG
             else _expected_value(value, RUN_TAG_VALUE_LIMIT)
         )
         if key == "mlflow.runName" and value != run.run_name:
@@ -212,7 +215,9 @@ def check_against(
         # only, as Arrow columns, so what the proof holds per run stays small; the runs are
         # read a chunk at a time.
         run_ids, copies, others = _copies(target.run_tag(experiment_ids, SOURCE_RUN_TAG))
-        known = _Target(target, sink, experiment_ids, copies, others, run_ids, workers)
+        dangling = reader.dangling_run_references(PARENT_TAG)
+        outside = copies_of(sink, {parent for _, parent in dangling}) if dangling else {}
+        known = _Target(target, sink, experiment_ids, copies, others, run_ids, outside, workers)
         # the archive's runs a chunk at a time (bundle_reader.RUNS_AT_A_TIME): for every run the
         # proof keeps only its copies' ids and its distinct point counts per key
         for chunk, artifacts in reader.iter_runs_with_artifacts():
@@ -238,6 +243,8 @@ class _Target:
     """Ids of the target's runs that no unpack made (each its own value: a sorted set)."""
     run_ids: IdMap
     """Source run id -> the copy checked (the smallest id)."""
+    outside_parents: dict[str, str]
+    """Parents not in the archive -> their copies in the target, where there are."""
     workers: int
 
 
@@ -301,6 +308,7 @@ def _check_chunk(
             points.get(run.run_id, {}),
             files.get(run.run_id, {}),
             target.run_ids,
+            target.outside_parents,
         )
         report.runs_checked += 1
 

@@ -253,6 +253,37 @@ class SqlTarget:
                     run.tags[str(key)] = "" if value is None else str(value)
         return [found[k] for k in sorted(found)]
 
+    def tagged_runs(self, key: str, values: Sequence[str] | None = None) -> list[tuple[str, str]]:
+        """``(run id, value)`` of every run carrying tag ``key`` (with one of ``values``, if
+        given), in any experiment, deleted ones too, sorted."""
+        import sqlalchemy as sa
+
+        t = TAGS.c
+        wanted = [None] if values is None else list(values)
+        found: list[tuple[str, str]] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                stmt = sa.select(t.run_uuid, t.value).where(t.key == key)
+                if values is not None:
+                    stmt = stmt.where(t.value.in_(wanted[start : start + 500]))
+                found += [(str(r), "" if v is None else str(v)) for r, v in conn.execute(stmt)]
+        return sorted(found)
+
+    def link_parent(self, run_id: str, parent_tag: str, parent_id: str, pending_tag: str) -> None:
+        """In one transaction: the run's ``parent_tag`` set to ``parent_id``, its
+        ``pending_tag`` removed. Written whatever the run's lifecycle stage (MLflow's calls
+        would have to restore a deleted run for it, and delete it again)."""
+        import sqlalchemy as sa
+
+        t = TAGS.c
+        with self.engine.begin() as conn:
+            where = sa.and_(t.run_uuid == run_id, t.key == parent_tag)
+            if not conn.execute(sa.update(TAGS).where(where).values(value=parent_id)).rowcount:
+                conn.execute(
+                    sa.insert(TAGS).values(key=parent_tag, value=parent_id, run_uuid=run_id)
+                )
+            conn.execute(sa.delete(TAGS).where(t.run_uuid == run_id, t.key == pending_tag))
+
     def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
         """The run's dataset inputs as MLflow's ``log_inputs`` stores them: a dataset row per
         (name, digest) in the experiment, shared by its runs; one input edge per dataset with

@@ -23,6 +23,7 @@ from .families import UnpackScope
 from .id_map import IdMap
 from .lineage import (
     INCOMPLETE_TAG,
+    PENDING_PARENT_TAG,
     SOURCE_RUN_TAG,
     STATE_TAG,
     Origin,
@@ -30,6 +31,14 @@ from .lineage import (
     newer_copy,
     run_source_tags,
     source_state,
+)
+from .parent_links import (
+    PARENT_TAG,
+    children_naming,
+    copies_of,
+    link_parent,
+    looks_like_run_id,
+    waiting_children,
 )
 from .pool import ordered_map
 from .progress import Progress
@@ -51,7 +60,6 @@ from .verify import verify
 
 __all__ = ["UnpackReport", "unpack"]
 
-PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 METRIC_SLICE = 50_000
 
@@ -174,6 +182,10 @@ class _Unpacker:
         self.to_create: set[str] = set()
         self.to_fill: set[str] = set()
         """Source runs to create; to fill (created, resumed or updated). Emptied once done."""
+        self.dangling: list[tuple[str, str]] = []
+        """(run id, parent id) of the archive's runs whose parent is not in the archive."""
+        self.outside_parents: dict[str, str] = {}
+        """Of those parents, the ones an earlier unpack copied here: source id -> target id."""
         self.deleted: list[tuple[str, str, bool]] = []
         """(run id, experiment id, to be filled) of the archive's deleted runs, but those
         copies of target runs no unpack made stand for (never touched)."""
@@ -192,10 +204,17 @@ class _Unpacker:
                     where=self.reader.path,
                     hint="nothing was written",
                 )
-        for run_id, parent in self.reader.dangling_run_references(PARENT_TAG):
+        self.dangling = self.reader.dangling_run_references(PARENT_TAG)
+        self.outside_parents = copies_of(self.sink, {parent for _, parent in self.dangling})
+        for run_id, parent in self.dangling:
+            copy = self.outside_parents.get(parent)
             self.notes().append(
                 f"run {run_id}: parent run {parent} is not in the archive; "
-                f"{PARENT_TAG} keeps the source id"
+                + (
+                    f"{PARENT_TAG} names its copy {copy}, made by an earlier unpack"
+                    if copy is not None
+                    else f"{PARENT_TAG} keeps the source id until an unpack brings that run"
+                )
             )
 
     # -- experiments -----------------------------------------------------------------------------
@@ -251,7 +270,7 @@ class _Unpacker:
     # -- runs ------------------------------------------------------------------------------------
 
     def run_tags(self, run: RunRecord, arts: list[ArtifactRecord]) -> dict[str, str]:
-        tags = {k: v for k, v in run.tags if k != PARENT_TAG}
+        tags = {k: v for k, v in run.tags if k not in (PARENT_TAG, PENDING_PARENT_TAG)}
         name_tag = tags.get(RUN_NAME_TAG)
         if name_tag is not None and run.run_name is not None and name_tag != run.run_name:
             # MLflow refuses a run whose name and mlflow.runName tag differ; the name wins.
@@ -302,10 +321,15 @@ class _Unpacker:
         return "complete"
 
     def late_tags(self, run: RunRecord) -> dict[str, str]:
+        """The parent link (§7): the parent's copy, in this archive or made by an earlier
+        unpack; else the source id, with the pending tag that lets a later unpack link it."""
         parent = dict(run.tags).get(PARENT_TAG)
         if parent is None:
             return {}
-        return {PARENT_TAG: self.run_ids.get(parent, parent)}
+        copy = self.run_ids.get(parent) or self.outside_parents.get(parent)
+        if copy is not None or not parent or not looks_like_run_id(parent):
+            return {PARENT_TAG: copy or parent}
+        return {PARENT_TAG: parent, PENDING_PARENT_TAG: parent}
 
     def params(self, run: RunRecord) -> list[tuple[str, str]]:
         out = []
@@ -448,8 +472,37 @@ class _Unpacker:
         self.to_fill = set()  # filled
         self.run_map, self.run_ids = IdMap.of(self.run_ids), {}
         self.report.id_map["runs"] = self.run_map
+        self.link_children()
         self.write_families()
         self.apply_lifecycle(targets)
+
+    def link_children(self) -> None:
+        """Link the target's runs still waiting for a parent (§7) that this archive holds or
+        whose copy was found: those with the pending tag, in any experiment, and this
+        archive's copies that still name the source parent (written when its copy was not
+        there yet, or by an unpack before pending tags). Their pending tag is removed."""
+        todo = dict(waiting_children(self.sink))
+        mine = {
+            self.run_map[child]: parent
+            for child, parent in self.dangling
+            if parent in self.outside_parents and child in self.run_map
+        }
+        if mine:
+            for run_id, parent in children_naming(self.sink, set(mine.values())):
+                if mine.get(run_id) == parent:
+                    todo[run_id] = parent
+        linked = []
+        for run_id, parent in sorted(todo.items()):
+            copy = self.run_map.get(parent) or self.outside_parents.get(parent)
+            if copy is not None and copy != run_id:
+                self.check_lock()
+                link_parent(self.sink, run_id, copy)
+                linked.append(run_id)
+        if linked:
+            self.notes().append(
+                f"{len(linked)} run(s) unpacked before their parent (first: {linked[0]}) now "
+                f"name its copy in {PARENT_TAG}"
+            )
 
     def write_families(self) -> None:
         """Logged models, then the registry (its versions point at runs and logged models),

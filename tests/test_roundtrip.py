@@ -383,11 +383,13 @@ def test_a_parent_outside_the_archive_is_noted_and_kept(
     noted = [n for n in report.notes if "is not in the archive" in n]
     assert noted == [
         f"run {orphan}: parent run {outside} is not in the archive; "
-        "mlflow.parentRunId keeps the source id"
+        "mlflow.parentRunId keeps the source id until an unpack brings that run"
     ]
     ids = report.id_map["runs"]
     target = MlflowClient(dst)
-    assert target.get_run(ids[orphan]).data.tags["mlflow.parentRunId"] == outside
+    tags = target.get_run(ids[orphan]).data.tags
+    assert tags["mlflow.parentRunId"] == outside
+    assert tags["mlflow_exim.unpack.pending_parent"] == outside
     assert target.get_run(ids[child]).data.tags["mlflow.parentRunId"] == ids[inner]
 
 
