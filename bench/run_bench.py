@@ -918,6 +918,17 @@ def run_benchmark(ctx: Context) -> Results:
         Row("bytes/point", "B", None, new["bytes/point"], "archive metrics table / points"),
     ]
     if exim:
+        for row, bound, against, label in (
+            ("pack http", floors.get("http"), old_pack_s, "fastest complete read"),
+            ("unpack http", floors.get("http write"), old_unpack_s, "bare log_batch ceiling"),
+        ):
+            if bound and against:
+                target = TARGETS[row][1]
+                results.notes.append(
+                    f"{row}: the server's {label} itself takes {bound:.2f} s, "
+                    f"{against / bound:.2f}x faster than the old tool: no client of this server "
+                    f"reaches more than that here (target >={target:g}x)"
+                )
         results.notes.append(
             "pack sqlite reads the source server's database and its --artifacts-destination "
             "folder (the server proxies its artifacts); pack postgresql includes the artifacts "
