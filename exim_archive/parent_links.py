@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from .lineage import PENDING_PARENT_TAG, SOURCE_RUN_TAG
-from .source import RUN_PAGE
+from .source import search_runs
 
 if TYPE_CHECKING:
     from .sink import MlflowSink
@@ -36,7 +36,6 @@ PARENT_TAG = "mlflow.parentRunId"
 _RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
 """MLflow's own rule for a run id (``mlflow.utils.validation``): a value outside it names no run,
 and is never put in a search filter."""
-_EXPERIMENTS_PER_SEARCH = 100
 
 
 def looks_like_run_id(value: str) -> bool:
@@ -110,33 +109,14 @@ def _tagged(sink: MlflowSink, key: str, values: list[str] | None) -> Iterator[tu
             f"looking up runs tagged {key}", partial(direct.tagged_runs, key, values)
         )
         return
-    from mlflow.entities import ViewType
-
     experiment_ids = _experiment_ids(sink)
     filters = (
         [f"tags.`{key}` LIKE '%'"] if values is None else [f"tags.`{key}` = '{v}'" for v in values]
     )
+    what = f"looking up runs tagged {key} in experiments {{}}"
     for filter_string in filters:
-        for start in range(0, len(experiment_ids), _EXPERIMENTS_PER_SEARCH):
-            ids = experiment_ids[start : start + _EXPERIMENTS_PER_SEARCH]
-            token = None
-            while True:
-                page = sink.call(
-                    f"looking up runs tagged {key}",
-                    partial(
-                        sink.client.search_runs,
-                        ids,
-                        filter_string=filter_string,
-                        run_view_type=ViewType.ALL,
-                        max_results=RUN_PAGE,
-                        page_token=token,
-                    ),
-                )
-                for run in page:
-                    yield run.info.run_id, run.data.tags.get(key, "")
-                if not page.token or page.token == token:
-                    break
-                token = page.token
+        for run in search_runs(sink.client, sink.call, experiment_ids, filter_string, what):
+            yield run.info.run_id, run.data.tags.get(key, "")
 
 
 def _experiment_ids(sink: MlflowSink) -> list[str]:

@@ -23,7 +23,7 @@ from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
 from .uri import redact_uri, uri_kind
 
-__all__ = ["MlflowSource"]
+__all__ = ["MlflowSource", "search_runs"]
 
 _PAGE = 50_000
 RUN_PAGE = 2_000
@@ -50,6 +50,34 @@ def _last_steps(run: Any) -> tuple[int, ...]:
 
 def _sorted_tags(items: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+def search_runs(
+    client: Any, call: Caller, experiment_ids: list[str], filter_string: str, what: str
+) -> Iterator[Any]:
+    """MLflow's runs (deleted ones too) from ``search_runs`` over the experiments, 100 a call,
+    page by page; ``what`` names the read in messages, ``{}`` standing for the experiment ids."""
+    from mlflow.entities import ViewType
+
+    for start in range(0, len(experiment_ids), 100):
+        ids = experiment_ids[start : start + 100]
+        token = None
+        while True:
+            page = call(
+                what.format(", ".join(ids)),
+                partial(
+                    client.search_runs,
+                    ids,
+                    filter_string=filter_string,
+                    run_view_type=ViewType.ALL,
+                    max_results=RUN_PAGE,
+                    page_token=token,
+                ),
+            )
+            yield from page
+            if not page.token or page.token == token:
+                break
+            token = page.token
 
 
 class MlflowSource:
@@ -200,29 +228,7 @@ class MlflowSource:
         return out
 
     def _search(self, experiment_ids: list[str], filter_string: str, what: str) -> Iterator[Any]:
-        """MLflow's runs from ``search_runs`` over the experiments (100 a call), page by page;
-        ``what`` names the read in messages, ``{}`` standing for the experiment ids."""
-        from mlflow.entities import ViewType
-
-        for start in range(0, len(experiment_ids), 100):
-            ids = experiment_ids[start : start + 100]
-            token = None
-            while True:
-                page = self.call(
-                    what.format(", ".join(ids)),
-                    partial(
-                        self.client.search_runs,
-                        ids,
-                        filter_string=filter_string,
-                        run_view_type=ViewType.ALL,
-                        max_results=RUN_PAGE,
-                        page_token=token,
-                    ),
-                )
-                yield from page
-                if not page.token or page.token == token:
-                    break
-                token = page.token
+        return search_runs(self.client, self.call, experiment_ids, filter_string, what)
 
     @staticmethod
     def _run_record(run: Any) -> RunRecord:
