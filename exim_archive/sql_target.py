@@ -259,13 +259,15 @@ class SqlTarget:
         import sqlalchemy as sa
 
         t = TAGS.c
-        wanted = [None] if values is None else list(values)
+        chunks: list[Sequence[str] | None] = (
+            [None] if values is None else [values[i : i + 500] for i in range(0, len(values), 500)]
+        )
         found: list[tuple[str, str]] = []
         with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 500):
+            for chunk in chunks:
                 stmt = sa.select(t.run_uuid, t.value).where(t.key == key)
-                if values is not None:
-                    stmt = stmt.where(t.value.in_(wanted[start : start + 500]))
+                if chunk is not None:
+                    stmt = stmt.where(t.value.in_(list(chunk)))
                 found += [(str(r), "" if v is None else str(v)) for r, v in conn.execute(stmt)]
         return sorted(found)
 
