@@ -26,6 +26,7 @@ from .bundle_writer import ArchiveWriter, check_destination
 from .errors import UsageError
 from .families import PackScope
 from .lineage import INCOMPLETE_TAG
+from .parent_links import PARENT_TAG
 from .pool import in_background, ordered_map
 from .progress import Progress
 from .records import RunRecord
@@ -92,7 +93,13 @@ def _running(runs: list[RunRecord]) -> list[str]:
     return [run.run_id for run in runs if run.status == "RUNNING" and not run.deleted]
 
 
-def _notes(unfinished: list[str], running: list[str], notes: list[str]) -> None:
+def _outside(runs: list[RunRecord], packed: frozenset[str]) -> list[str]:
+    """Runs whose parent is not packed with them: in an experiment left out, or gone."""
+    parents = ((run.run_id, dict(run.tags).get(PARENT_TAG)) for run in runs)
+    return [run_id for run_id, parent in parents if parent and parent not in packed]
+
+
+def _notes(unfinished: list[str], running: list[str], outside: list[str], notes: list[str]) -> None:
     if unfinished:
         notes.append(
             f"{len(unfinished)} run(s) (first: {unfinished[0]}) carry {INCOMPLETE_TAG}: an unpack "
@@ -103,6 +110,12 @@ def _notes(unfinished: list[str], running: list[str], notes: list[str]) -> None:
         notes.append(
             f"{len(running)} run(s) (first: {running[0]}) are RUNNING: packed as they are now; "
             "pack again once they end, and unpack that archive too, to move their final state"
+        )
+    if outside:
+        notes.append(
+            f"{len(outside)} run(s) (first: {outside[0]}) have a parent run that is not in this "
+            f"archive (in an experiment not selected, or gone): unpack links them to it once the "
+            "archive holding it is unpacked into the same target, in either order"
         )
 
 
@@ -253,9 +266,12 @@ def pack(
             overlap = artifacts and isinstance(source, MlflowSource) and source.kind == "http"
             unfinished: list[str] = []
             running: list[str] = []
+            outside: list[str] = []
+            packed = frozenset(run_ids)
             for records in _records(source, experiment_ids, run_ids):
                 unfinished += _unfinished(records)
                 running += _running(records)
+                outside += _outside(records, packed)
                 for chunk in _chunks(records):
                     read = partial(source.metric_histories, chunk, workers)
                     with in_background(read) if overlap else nullcontext(read) as histories_of:
@@ -269,14 +285,14 @@ def pack(
                             shutil.rmtree(downloads / run.run_id, ignore_errors=True)
                             bar.advance()
             bar.close()
-            _notes(unfinished, running, source.notes)
+            _notes(unfinished, running, outside, source.notes)
             if families:
                 scope = PackScope(
                     client=source.client,
                     call=source.call,
                     tracking_uri=source.uri,
                     experiment_ids=experiment_ids,
-                    run_ids=frozenset(run_ids),
+                    run_ids=packed,
                     everything=not experiments,
                     notes=source.notes,
                     workers=workers,

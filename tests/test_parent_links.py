@@ -38,8 +38,14 @@ def _source(tmp_path: Path, uri: str) -> dict[str, str]:
         c.set_terminated(run.info.run_id)
         ids[name] = run.info.run_id
     c.delete_run(ids["c2"])
-    pack(tmp_path / "parents.exim", tracking_uri=uri, experiments=["parents"])
-    pack(tmp_path / "children.exim", tracking_uri=uri, experiments=["children"])
+    parents = pack(tmp_path / "parents.exim", tracking_uri=uri, experiments=["parents"])
+    children = pack(tmp_path / "children.exim", tracking_uri=uri, experiments=["children"])
+    assert not [w for w in parents.warnings if "parent run" in w]
+    assert [w for w in children.warnings if "parent run" in w] == [
+        f"4 run(s) (first: {min(ids[c] for c in ('c1', 'c2', 'c3', 'c4'))}) have a parent run "
+        "that is not in this archive (in an experiment not selected, or gone): unpack links "
+        "them to it once the archive holding it is unpacked into the same target, in either order"
+    ]
     return ids
 
 
