@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from .lineage import PENDING_PARENT_TAG, SOURCE_RUN_TAG
-from .source import search_runs
+from .source import all_experiments, search_runs
 
 if TYPE_CHECKING:
     from .sink import MlflowSink
@@ -109,7 +109,7 @@ def _tagged(sink: MlflowSink, key: str, values: list[str] | None) -> Iterator[tu
             f"looking up runs tagged {key}", partial(direct.tagged_runs, key, values)
         )
         return
-    experiment_ids = _experiment_ids(sink)
+    experiment_ids = [exp.experiment_id for exp in all_experiments(sink.client, sink.call)]
     filters = (
         [f"tags.`{key}` LIKE '%'"] if values is None else [f"tags.`{key}` = '{v}'" for v in values]
     )
@@ -117,25 +117,3 @@ def _tagged(sink: MlflowSink, key: str, values: list[str] | None) -> Iterator[tu
     for filter_string in filters:
         for run in search_runs(sink.client, sink.call, experiment_ids, filter_string, what):
             yield run.info.run_id, run.data.tags.get(key, "")
-
-
-def _experiment_ids(sink: MlflowSink) -> list[str]:
-    """Every experiment of the target, deleted ones too."""
-    from mlflow.entities import ViewType
-
-    ids: list[str] = []
-    token = None
-    while True:
-        page = sink.call(
-            "listing experiments",
-            partial(
-                sink.client.search_experiments,
-                view_type=ViewType.ALL,
-                max_results=50_000,
-                page_token=token,
-            ),
-        )
-        ids += [exp.experiment_id for exp in page]
-        if not page.token or page.token == token:
-            return ids
-        token = page.token

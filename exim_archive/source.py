@@ -23,7 +23,7 @@ from .mlflow_errors import Caller, open_client
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
 from .uri import redact_uri, uri_kind
 
-__all__ = ["MlflowSource", "search_runs"]
+__all__ = ["MlflowSource", "all_experiments", "search_runs"]
 
 _PAGE = 50_000
 RUN_PAGE = 2_000
@@ -50,6 +50,27 @@ def _last_steps(run: Any) -> tuple[int, ...]:
 
 def _sorted_tags(items: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+def all_experiments(client: Any, call: Caller) -> Iterator[Any]:
+    """MLflow's experiments, deleted ones too, page by page."""
+    from mlflow.entities import ViewType
+
+    token = None
+    while True:
+        page = call(
+            "listing experiments",
+            partial(
+                client.search_experiments,
+                view_type=ViewType.ALL,
+                max_results=_PAGE,
+                page_token=token,
+            ),
+        )
+        yield from page
+        if not page.token or page.token == token:
+            return
+        token = page.token
 
 
 def search_runs(
@@ -133,26 +154,10 @@ class MlflowSource:
 
     def experiments(self, selection: list[str] | None) -> list[ExperimentRecord]:
         """The selected experiments (every one, deleted included, when ``selection`` is None)."""
-        from mlflow.entities import ViewType
-
         found: dict[str, Any] = {}
         if selection is None:
-            token = None
-            while True:
-                page = self.call(
-                    "listing experiments",
-                    partial(
-                        self.client.search_experiments,
-                        view_type=ViewType.ALL,
-                        max_results=_PAGE,
-                        page_token=token,
-                    ),
-                )
-                for exp in page:
-                    found[exp.experiment_id] = exp
-                token = page.token
-                if not token:
-                    break
+            for exp in all_experiments(self.client, self.call):
+                found[exp.experiment_id] = exp
         else:
             for wanted in selection:
                 exp = self._find_experiment(wanted)
