@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from .families import PackScope, Rows, UnpackScope, compact_json, iter_token_pages
+from .families import PackScope, Rows, UnpackScope, compact_json
 from .lineage import PREFIX, _fields, _system_tags
 from .mlflow_errors import Caller
+from .pages import iter_token_pages
 from .pool import ordered_map
 from .sink import fit_tags
 

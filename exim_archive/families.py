@@ -13,10 +13,9 @@ Rows are ``{table name: [row dict, ...]}`` with the columns of :mod:`exim_archiv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from .lineage import Origin
 from .manifest import canonical_json
@@ -28,49 +27,14 @@ __all__ = [
     "UnpackScope",
     "compact_json",
     "get_or_none",
-    "iter_pages",
-    "iter_token_pages",
 ]
 
 Rows = dict[str, list[dict[str, Any]]]
-P = TypeVar("P")
 
 
 def compact_json(value: Any) -> str:
     """The archive's JSON for a raw object (canonical: sorted keys, no spaces, no newline)."""
     return canonical_json(value).decode("utf-8").rstrip("\n")
-
-
-def iter_token_pages(
-    call: Caller, what: str, fetch: Callable[[str | None], tuple[P, str | None]]
-) -> Iterator[P]:
-    """Each page of a paged listing, every call through ``call``: ``fetch(token)`` returns a
-    page and the next token (None at the end). A token the server repeats is an error, not a
-    loop."""
-    token: str | None = None
-    seen: set[str] = set()
-    while True:
-        page, token = call(what, partial(fetch, token))
-        yield page
-        if token is None:
-            return
-        if token in seen:
-            raise call.error(
-                f"{what} failed: the server repeated page token {token[:40]!r}",
-                where=call.where,
-                hint=call.hint,
-            )
-        seen.add(token)
-
-
-def iter_pages(call: Caller, what: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-    """Each page of an MLflow paged listing (``fn(..., page_token=...)`` returning a PagedList)."""
-
-    def fetch(token: str | None) -> tuple[Any, str | None]:
-        page = fn(page_token=token, **kwargs)
-        return page, page.token or None
-
-    return iter_token_pages(call, what, fetch)
 
 
 @dataclass

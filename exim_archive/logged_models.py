@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .artifact_roots import files_under
-from .families import PackScope, Rows, UnpackScope, compact_json, get_or_none, iter_pages
+from .families import PackScope, Rows, UnpackScope, compact_json, get_or_none
 from .lineage import INCOMPLETE_TAG, PREFIX, object_source_tags
+from .pages import iter_pages
 from .records import ArtifactRecord
 from .sink import KEY_LIMIT, RUN_TAG_VALUE_LIMIT, fit_tags
 

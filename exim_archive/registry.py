@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from .families import PackScope, Rows, UnpackScope, compact_json, get_or_none, iter_pages
+from .families import PackScope, Rows, UnpackScope, compact_json, get_or_none
 from .lineage import PREFIX, object_source_tags
+from .pages import iter_pages
 from .sink import REGISTRY_TAG_VALUE_LIMIT, fit_tags
 from .target_lock import LOCK_NAME
 

@@ -27,7 +27,7 @@ from .errors import TargetError
 from .lineage import INCOMPLETE_TAG, SOURCE_RUN_TAG, STATE_TAG
 from .mlflow_errors import Caller, open_client
 from .records import ArtifactRecord, DatasetInputRecord, RunRecord
-from .source import RUN_PAGE
+from .source import search_runs
 from .sql_metrics import Decided, LazyFastPath
 from .sql_run_writer import RunEnd, RunStart
 from .uri import redact_uri, uri_kind
@@ -309,29 +309,12 @@ class MlflowSink:
             for run in runs:
                 yield run.run_id, run.lifecycle_stage, run.tags
             return
-        from mlflow.entities import ViewType
-
         filter_string = (
             "" if source_run_id is None else f"tags.`{SOURCE_RUN_TAG}` = '{source_run_id}'"
         )
-        token = None
-        while True:
-            page = self.call(
-                f"listing runs of experiment {experiment_id}",
-                partial(
-                    self.client.search_runs,
-                    [experiment_id],
-                    filter_string=filter_string,
-                    run_view_type=ViewType.ALL,
-                    max_results=RUN_PAGE,
-                    page_token=token,
-                ),
-            )
-            for run in page:
-                yield run.info.run_id, run.info.lifecycle_stage, run.data.tags
-            if not page.token or page.token == token:
-                break
-            token = page.token
+        what = "listing runs of experiment {}"
+        for run in search_runs(self.client, self.call, [experiment_id], filter_string, what):
+            yield run.info.run_id, run.info.lifecycle_stage, run.data.tags
 
     def find_run(self, experiment_id: str, source_run_id: str) -> ExistingRun | None:
         """The run an earlier (or concurrent) unpack made from ``source_run_id``, if any."""

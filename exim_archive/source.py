@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from .errors import ArchiveError, SourceError
 from .histories import HistoryReader
 from .manifest import canonical_json
 from .mlflow_errors import Caller, open_client
+from .pages import iter_pages
 from .records import DatasetInputRecord, ExperimentRecord, RunRecord
 from .uri import redact_uri, uri_kind
 
@@ -56,21 +56,14 @@ def all_experiments(client: Any, call: Caller) -> Iterator[Any]:
     """MLflow's experiments, deleted ones too, page by page."""
     from mlflow.entities import ViewType
 
-    token = None
-    while True:
-        page = call(
-            "listing experiments",
-            partial(
-                client.search_experiments,
-                view_type=ViewType.ALL,
-                max_results=_PAGE,
-                page_token=token,
-            ),
-        )
+    for page in iter_pages(
+        call,
+        "listing experiments",
+        client.search_experiments,
+        view_type=ViewType.ALL,
+        max_results=_PAGE,
+    ):
         yield from page
-        if not page.token or page.token == token:
-            return
-        token = page.token
 
 
 def search_runs(
@@ -82,23 +75,16 @@ def search_runs(
 
     for start in range(0, len(experiment_ids), 100):
         ids = experiment_ids[start : start + 100]
-        token = None
-        while True:
-            page = call(
-                what.format(", ".join(ids)),
-                partial(
-                    client.search_runs,
-                    ids,
-                    filter_string=filter_string,
-                    run_view_type=ViewType.ALL,
-                    max_results=RUN_PAGE,
-                    page_token=token,
-                ),
-            )
+        for page in iter_pages(
+            call,
+            what.format(", ".join(ids)),
+            client.search_runs,
+            experiment_ids=ids,
+            filter_string=filter_string,
+            run_view_type=ViewType.ALL,
+            max_results=RUN_PAGE,
+        ):
             yield from page
-            if not page.token or page.token == token:
-                break
-            token = page.token
 
 
 class MlflowSource:

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
-from .families import PackScope, Rows, UnpackScope, compact_json, iter_pages
+from .families import PackScope, Rows, UnpackScope, compact_json
 from .lineage import PREFIX, _fields, _system_tags
 from .mlflow_errors import Caller
+from .pages import iter_pages
 from .pool import ordered_map
 from .sink import TRACE_TAG_VALUE_LIMIT, fit_tags
 
